@@ -1,0 +1,215 @@
+"""Load, merge and validate the registries: `models/*.yaml`, `tasks/**/*.yaml` and `tasks/groups.yaml`.
+
+Registries are data discovered by glob. A model's name is its file stem; a task's name is its file stem and its
+domain is its folder. Files whose name starts with `_` are bases for `include:` and not entries themselves.
+Every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmbench.errors import ConfigError, UnknownNameError
+from mmbench.schema import DOMAINS, PROTOCOLS, ModelConfig, TaskConfig
+
+_HASH_EXCLUDED_MODEL_KEYS = ("description",)
+_HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
+
+
+def default_registry_roots() -> list[Path]:
+    """`$MMBENCH_REGISTRY` (os.pathsep-separated) first, then the checkout that holds this package."""
+    roots = [Path(p) for p in os.environ.get("MMBENCH_REGISTRY", "").split(os.pathsep) if p]
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "models").is_dir() and (checkout / "tasks").is_dir():
+        roots.append(checkout)
+    return roots
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _with_includes(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping merged over the files it names in `include:` (a path or a list, relative to it)."""
+    if path in seen:
+        raise ConfigError(f"{path}: include cycle through {' -> '.join(str(p) for p in seen)}")
+    data = _read_yaml(path)
+    includes = data.pop("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        inc_path = (path.parent / inc).resolve()
+        if not inc_path.is_file():
+            raise ConfigError(f"{path}: key 'include': no such file {inc_path}")
+        merged = _deep_merge(merged, _with_includes(inc_path, seen + (path,)))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _validate(schema: type, data: dict[str, Any], where: str) -> Any:
+    """Merge `data` into the structured config `schema`; any unknown or ill-typed key names `where` and the key."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), data)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"{where}: key {key!r}: {reason}") from None
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`["model.max_text_length=64", "task.retrieval.chunk_size=256"]` -> {"model": {...}, "task": {...}}."""
+    out: dict[str, dict[str, Any]] = {"model": {}, "task": {}}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. task.retrieval.chunk_size=256")
+        key, value = item.split("=", 1)
+        scope, _, rest = key.strip().partition(".")
+        if scope not in out or not rest:
+            raise ConfigError(f"override {item!r}: the key must start with 'model.' or 'task.'")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{rest}={value}"]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
+        out[scope] = _deep_merge(out[scope], parsed)
+    return out
+
+
+@dataclass
+class Registry:
+    """Every model preset, task and group found under the registry roots."""
+
+    roots: list[Path] = field(default_factory=default_registry_roots)
+
+    @cached_property
+    def model_files(self) -> dict[str, Path]:
+        return self._discover("models", "*.yaml")
+
+    @cached_property
+    def task_files(self) -> dict[str, Path]:
+        found = self._discover("tasks", "*/*.yaml")
+        for name, path in found.items():
+            if path.parent.name not in DOMAINS:
+                raise ConfigError(f"{path}: tasks live in tasks/<domain>/ with domain one of {', '.join(DOMAINS)}")
+        return found
+
+    @cached_property
+    def groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for root in self.roots:
+            path = root / "tasks" / "groups.yaml"
+            if not path.is_file():
+                continue
+            for name, members in _read_yaml(path).items():
+                if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+                    raise ConfigError(f"{path}: key {name!r}: expected a list of task names")
+                groups.setdefault(str(name), members)
+        return groups
+
+    def _discover(self, folder: str, pattern: str) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for root in self.roots:
+            for path in sorted((root / folder).glob(pattern)):
+                if not path.name.startswith("_"):
+                    found.setdefault(path.stem, path)  # earlier roots shadow later ones
+        return found
+
+    def model(self, name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+        path = self.model_files.get(name)
+        if path is None:
+            raise UnknownNameError("model", name, self.model_files)
+        data = _with_includes(path)
+        data["name"] = name
+        cfg = _validate(ModelConfig, data, str(path))
+        if overrides:
+            cfg = _validate(ModelConfig, _deep_merge(to_dict(cfg), overrides), f"{path} (with --set overrides)")
+        return cfg
+
+    def task(self, name: str, overrides: dict[str, Any] | None = None) -> TaskConfig:
+        path = self.task_files.get(name)
+        if path is None:
+            raise UnknownNameError("task", name, self.task_files)
+        data = _with_includes(path)
+        domain = path.parent.name
+        if data.setdefault("domain", domain) != domain:
+            raise ConfigError(f"{path}: key 'domain': {data['domain']!r} but the file lives in tasks/{domain}/")
+        data["name"] = name
+        cfg = _validate(TaskConfig, data, str(path))
+        if overrides:
+            cfg = _validate(TaskConfig, _deep_merge(to_dict(cfg), overrides), f"{path} (with --set overrides)")
+        _check_task(cfg, str(path))
+        return cfg
+
+    def expand(self, tasks: list[str] = (), groups: list[str] = ()) -> list[str]:
+        """Task names in the order given, groups expanded, duplicates dropped; unknown names raise."""
+        names: list[str] = []
+        for g in groups:
+            if g not in self.groups:
+                raise UnknownNameError("group", g, self.groups)
+            names.extend(self.groups[g])
+        names.extend(tasks)
+        for n in names:
+            if n not in self.task_files:
+                raise UnknownNameError("task", n, self.task_files)
+        return list(dict.fromkeys(names))
+
+
+def _check_task(cfg: TaskConfig, where: str) -> None:
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}: key 'protocol': {cfg.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if cfg.primary not in cfg.metrics:
+        raise ConfigError(f"{where}: key 'primary': {cfg.primary!r} is not among metrics {cfg.metrics}")
+    for s in cfg.scores:
+        if s not in cfg.metrics:
+            raise ConfigError(f"{where}: key 'scores': {s!r} is not among metrics {cfg.metrics}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg)) if not isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def resolved_task_dict(task: TaskConfig) -> dict[str, Any]:
+    """The task as recorded in results: only the settings block of its own protocol."""
+    d = to_dict(task)
+    for p in PROTOCOLS:
+        if p != task.protocol:
+            d.pop(p, None)
+    return d
+
+
+def config_hash(model: ModelConfig, task: TaskConfig, run: dict[str, Any]) -> str:
+    """Identity of everything that moves the numbers: model, task (own protocol block), seed, limit, data source."""
+    m = {k: v for k, v in to_dict(model).items() if k not in _HASH_EXCLUDED_MODEL_KEYS}
+    t = {k: v for k, v in resolved_task_dict(task).items() if k not in _HASH_EXCLUDED_TASK_KEYS}
+    t["data"] = {k: v for k, v in t["data"].items() if k != "root"}  # where the data lies is not what it is
+    blob = json.dumps({"model": m, "task": t, "run": run}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,151 @@
+"""The model wrapper protocol: what a model can do (`Capability`) and the pooled features protocols ask for.
+
+Protocols ask for capabilities, never for model classes. A wrapper is an `nn.Module` built from a `ModelConfig`
+by `from_config`; it owns its checkpoint loading, preprocessing and tokenizer, so that a preset id pins
+everything that moves the numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch import Tensor, nn
+
+from mmbench.errors import CapabilityError, CheckpointError, ConfigError
+from mmbench.schema import ModelConfig
+
+T = TypeVar("T")
+
+
+class Capability(enum.Flag):
+    NONE = 0
+    IMAGE = enum.auto()  # image_features
+    TEXT = enum.auto()  # text_features
+    FUSION = enum.auto()  # pair_features
+    CONTRASTIVE = enum.auto()  # image_embeddings / text_embeddings in a shared space
+    GENERATE = enum.auto()
+
+
+class ModelWrapper(nn.Module):
+    """Base of every wrapper. Subclasses set `capabilities` and `feature_dims` and override what they can do."""
+
+    capabilities: Capability = Capability.NONE
+    feature_dims: dict[str, int]
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.feature_dims = {}
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> ModelWrapper:
+        raise NotImplementedError
+
+    # ---- preprocessing -------------------------------------------------------------------------------------
+    def image_transform(self, train: bool = False, image_size: int | None = None) -> Callable[[Any], Tensor]:
+        """PIL image -> normalised tensor with the preset's eval preprocessing (`train` adds nothing by default:
+        the paper protocols fine-tune without augmentation). `image_size` overrides the crop (VQA at 480)."""
+        from torchvision import transforms as T
+
+        p = self.cfg.preprocess
+        size = image_size or p.image_size
+        resize = size if image_size else p.resize
+        interpolation = T.InterpolationMode(p.interpolation)
+        return T.Compose(
+            [
+                T.Lambda(_to_rgb),
+                T.Resize(resize, interpolation=interpolation),
+                T.CenterCrop(size),
+                T.ToTensor(),
+                T.Normalize(p.mean, p.std),
+            ]
+        )
+
+    def tokenize(
+        self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # ---- features ------------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        raise self._missing(Capability.IMAGE)
+
+    def text_features(self, **tokens: Tensor) -> Tensor:
+        raise self._missing(Capability.TEXT)
+
+    def pair_features(self, pixel_values: Tensor, **tokens: Tensor) -> Tensor:
+        raise self._missing(Capability.FUSION)
+
+    def image_embeddings(self, pixel_values: Tensor) -> Tensor:
+        raise self._missing(Capability.CONTRASTIVE)
+
+    def text_embeddings(self, **tokens: Tensor) -> Tensor:
+        raise self._missing(Capability.CONTRASTIVE)
+
+    def require(self, needed: Capability, what: str) -> None:
+        """Raise `CapabilityError` (recorded as n/a) when the model lacks a capability `what` needs."""
+        lacking = needed & ~self.capabilities
+        if lacking:
+            names = "/".join(c.name for c in Capability if c and c in lacking and c.name)
+            raise CapabilityError(f"model {self.cfg.name!r} has no {names} capability, which {what} needs")
+
+    def _missing(self, cap: Capability) -> CapabilityError:
+        return CapabilityError(f"model {self.cfg.name!r} has no {cap.name} capability")
+
+
+def _to_rgb(image: Any) -> Any:
+    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
+
+
+def parse_arch(cfg: ModelConfig, schema: type[T]) -> T:
+    """Validate the preset's free-form `arch` block against a wrapper's own dataclass, naming the bad key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    assert is_dataclass(schema)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg.arch))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"model {cfg.name!r}: key 'arch.{key}': {str(e).splitlines()[0]}") from None
+
+
+def is_local_path(checkpoint: str) -> bool:
+    return checkpoint.startswith((".", "/", "~")) or Path(checkpoint).expanduser().exists()
+
+
+def require_checkpoint(cfg: ModelConfig) -> str:
+    """The preset's checkpoint as a local path or hub id; a missing local path is a clear error."""
+    if not cfg.checkpoint:
+        raise ConfigError(f"model {cfg.name!r}: key 'checkpoint' is empty and the preset is not random_init")
+    if is_local_path(cfg.checkpoint):
+        path = Path(cfg.checkpoint).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"model {cfg.name!r}: checkpoint path {path} does not exist")
+        return str(path)
+    return cfg.checkpoint
+
+
+@contextmanager
+def hf_loading(cfg: ModelConfig, what: str = "checkpoint") -> Iterator[None]:
+    """Turn transformers/huggingface_hub load failures into one line naming the checkpoint and how to get it."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        ckpt = cfg.checkpoint
+        if ckpt and not is_local_path(ckpt):
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            how = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+            raise CheckpointError(
+                f"model {cfg.name!r}: {what} {ckpt!r} is not in the local Hugging Face cache and {how}. "
+                f"Fetch it on a machine with network (`hf download {ckpt}`) and copy the cache, or point the "
+                f"preset at a local copy with `--set model.checkpoint=/path/to/dir`."
+            ) from None
+        raise CheckpointError(f"model {cfg.name!r}: cannot load {what} from {ckpt}: {str(e).splitlines()[0]}") from None
+

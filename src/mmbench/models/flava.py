@@ -1,0 +1,96 @@
+"""FLAVA (HF `FlavaModel`, `facebook/flava-full`).
+
+IMAGE / TEXT: the unimodal encoders' [CLS] state after their final LayerNorm (HF's unimodal `pooler_output` is a
+tanh pooler that neither the contrastive path nor the paper's linear probe uses). FUSION: the multimodal encoder's
+[CLS_M] state, the input of the paper's fine-tuning heads. CONTRASTIVE: the normalised `image_projection` /
+`text_projection` of the unimodal [CLS] states, exactly what `FlavaForPreTraining`'s contrastive logits use
+(`get_*_features(...).pooler_output[:, 0]`; HF's `*_embeddings` outputs are per token). Proven in
+tests/test_models.py against `FlavaForPreTraining` on the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmbench.models.base import Capability, ModelWrapper, parse_arch
+from mmbench.models.hf import load_or_init, tokenize
+from mmbench.models.tokenizers import load_tokenizer
+from mmbench.schema import ModelConfig
+
+
+@dataclass
+class FlavaArch:
+    """Only for random-init presets; released checkpoints carry their own config."""
+
+    hidden_size: int = 768
+    projection_dim: int = 768
+    image: dict[str, Any] = field(default_factory=dict)  # FlavaImageConfig kwargs
+    text: dict[str, Any] = field(default_factory=dict)  # FlavaTextConfig kwargs (vocab size from the tokenizer)
+    multimodal: dict[str, Any] = field(default_factory=dict)  # FlavaMultimodalConfig kwargs
+    codebook: dict[str, Any] = field(default_factory=dict)  # FlavaImageCodebookConfig kwargs (pre-training only)
+
+
+def flava_config(cfg: ModelConfig, vocab_size: int) -> Any:
+    """The HF `FlavaConfig` of a random-init preset (also used by tests to build `FlavaForPreTraining`)."""
+    from transformers import FlavaConfig
+
+    arch = parse_arch(cfg, FlavaArch)
+    image = {"image_size": cfg.preprocess.image_size, "hidden_size": arch.hidden_size, **arch.image}
+    text = {"hidden_size": arch.hidden_size, **arch.text, "vocab_size": vocab_size}
+    multimodal = {"hidden_size": arch.hidden_size, **arch.multimodal}
+    return FlavaConfig(
+        image_config=image,
+        text_config=text,
+        multimodal_config=multimodal,
+        image_codebook_config=dict(arch.codebook),
+        hidden_size=arch.hidden_size,
+        projection_dim=arch.projection_dim,
+    )
+
+
+class FlavaWrapper(ModelWrapper):
+    capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.CONTRASTIVE
+
+    def __init__(self, cfg: ModelConfig, model: Any, tokenizer: Any):
+        super().__init__(cfg)
+        self.model = model
+        self.tokenizer = tokenizer
+        c = model.config
+        self.feature_dims = {
+            "image": c.image_config.hidden_size,
+            "text": c.text_config.hidden_size,
+            "pair": c.multimodal_config.hidden_size,
+            "embedding": c.projection_dim,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> FlavaWrapper:
+        from transformers import FlavaModel
+
+        tokenizer = load_tokenizer(cfg)
+        model = load_or_init(cfg, FlavaModel, lambda: flava_config(cfg, len(tokenizer)))
+        return cls(cfg, model, tokenizer)
+
+    def tokenize(self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None):
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        return tokenize(self.tokenizer, texts, pairs, max_length or self.cfg.max_text_length, keys)
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        return self.model.image_model(pixel_values=pixel_values).last_hidden_state[:, 0]  # (B, Di)
+
+    def text_features(self, **tokens: Tensor) -> Tensor:
+        return self.model.text_model(**tokens).last_hidden_state[:, 0]  # (B, Dt)
+
+    def pair_features(self, pixel_values: Tensor, **tokens: Tensor) -> Tensor:
+        out = self.model(pixel_values=pixel_values, **tokens, output_hidden_states=True, return_dict=True)
+        return out.multimodal_output.last_hidden_state[:, 0]  # (B, Dm)
+
+    def image_embeddings(self, pixel_values: Tensor) -> Tensor:
+        return F.normalize(self.model.image_projection(self.image_features(pixel_values)), dim=-1)  # (B, E)
+
+    def text_embeddings(self, **tokens: Tensor) -> Tensor:
+        return F.normalize(self.model.text_projection(self.text_features(**tokens)), dim=-1)  # (B, E)

@@ -1,0 +1,117 @@
+"""Typed shapes of the registries (omegaconf structured configs): one meaning per field, unknown keys are errors.
+
+A model preset (`models/<name>.yaml`) validates into `ModelConfig`, a task (`tasks/<domain>/<name>.yaml`) into
+`TaskConfig`. Protocol settings live in one typed block per protocol; a task fills the block of its `protocol`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+DOMAINS = ("language", "vision", "multimodal")
+PROTOCOLS = ("retrieval", "linear_probe", "finetune")
+
+
+@dataclass
+class PreprocessConfig:
+    """The checkpoint's own eval preprocessing: resize the shorter side, centre-crop, normalise."""
+
+    image_size: int = 224
+    resize: int = 224
+    interpolation: str = "bicubic"
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    wrapper: str = MISSING  # "module:Class", imported only when the model is built
+    description: str = ""
+    checkpoint: str | None = None  # HF hub id, local directory or file; None only for random-init presets
+    revision: str | None = None
+    tokenizer: str | None = None  # defaults to the checkpoint
+    random_init: bool = False  # tiny presets: same architecture, random weights, labelled as such in results
+    init_seed: int = 0
+    trust_remote_code: bool = False
+    max_text_length: int = 77
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    arch: dict[str, Any] = field(default_factory=dict)  # wrapper-specific; each wrapper validates its own
+    finetune: dict[str, Any] = field(default_factory=dict)  # wrapper-specific fine-tuning defaults (what to freeze)
+
+
+@dataclass
+class DataConfig:
+    format: str = MISSING  # reader name (see `mmbench.data.READERS`)
+    root: str | None = None  # default: $MMBENCH_DATA/<dirname>
+    dirname: str | None = None  # folder under $MMBENCH_DATA; default: the task name
+    split: str = "test"
+    source: str = ""  # where users get the data; printed when it is missing
+    options: dict[str, Any] = field(default_factory=dict)  # reader options
+    synthetic: dict[str, Any] = field(default_factory=dict)  # options for the synthetic writer
+
+
+@dataclass
+class RetrievalParams:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    captions_per_image: int = 5  # keep the first N captions of each image (COCO has 6-7 for some)
+    chunk_size: int = 1024  # rows of the similarity matrix held at once
+    batch_size: int = 64
+
+
+@dataclass
+class LinearProbeParams:
+    batch_size: int = 64
+    val_split: str | None = None  # official val split, if the dataset has one
+    holdout_fraction: float = 0.1  # otherwise a seeded hold-out of train
+    holdout_seed: int = 0
+    max_iter: int = 1000
+    l2_min: float = 1e-6
+    l2_max: float = 1e6
+    steps_per_decade: int = 8
+    metric: str = "top1"  # or "mean_per_class"
+
+
+@dataclass
+class FinetuneParams:
+    head: str = "classification"  # classification | regression | vqa
+    input: str = "pair"  # text | pair (which wrapper features feed the head)
+    num_labels: int = 2
+    head_hidden: int = 1536
+    optimizer: str = "adamw"
+    lr: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    schedule: str = "cosine"  # cosine | polynomial
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    batch_size: int = 32  # effective batch, reached by gradient accumulation
+    device_batch_size: int = 32
+    dropout: float = 0.1
+    image_size: int | None = None
+    val_every_steps: int = 1000
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    domain: str = MISSING
+    protocol: str = MISSING
+    display_name: str = ""
+    description: str = ""
+    version: int = 1  # bump when the task definition changes what the numbers mean
+    data: DataConfig = field(default_factory=DataConfig)
+    metrics: list[str] = field(default_factory=list)  # every metric the protocol reports
+    primary: str = MISSING
+    scores: list[str] = field(default_factory=list)  # metrics that enter the domain average (0-100 scale)
+    score_labels: dict[str, str] = field(default_factory=dict)  # table row label per score
+    retrieval: RetrievalParams = field(default_factory=RetrievalParams)
+    linear_probe: LinearProbeParams = field(default_factory=LinearProbeParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
