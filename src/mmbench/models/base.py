@@ -88,6 +88,20 @@ class ModelWrapper(nn.Module):
     def text_embeddings(self, **tokens: Tensor) -> Tensor:
         raise self._missing(Capability.CONTRASTIVE)
 
+    def freeze_for_finetuning(self) -> list[str]:
+        """Freeze the submodules the preset's `finetune.frozen` names (dotted prefixes, e.g. `vision_encoder`);
+        returns the frozen parameter names. Flamingo's defaults keep its vision encoder and LM frozen."""
+        prefixes = tuple(str(p) for p in self.cfg.finetune.get("frozen", []))
+        frozen = []
+        for name, param in self.named_parameters():
+            if prefixes and name.startswith(prefixes):
+                param.requires_grad_(False)
+                frozen.append(name)
+        missing = [p for p in prefixes if not any(n.startswith(p) for n in frozen)]
+        if missing:
+            raise ConfigError(f"model {self.cfg.name!r}: key 'finetune.frozen': no parameters under {missing}")
+        return frozen
+
     def require(self, needed: Capability, what: str) -> None:
         """Raise `CapabilityError` (recorded as n/a) when the model lacks a capability `what` needs."""
         lacking = needed & ~self.capabilities
