@@ -117,7 +117,7 @@ class Registry:
     @cached_property
     def task_files(self) -> dict[str, Path]:
         found = self._discover("tasks", "*/*.yaml")
-        for name, path in found.items():
+        for path in found.values():
             if path.parent.name not in DOMAINS:
                 raise ConfigError(f"{path}: tasks live in tasks/<domain>/ with domain one of {', '.join(DOMAINS)}")
         return found

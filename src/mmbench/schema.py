@@ -49,6 +49,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     format: str = MISSING  # reader name (see `mmbench.data.READERS`)
+    alt_formats: list[str] = field(default_factory=list)  # also accepted, tried in order when `format` is absent
     root: str | None = None  # default: $MMBENCH_DATA/<dirname>
     dirname: str | None = None  # folder under $MMBENCH_DATA; default: the task name
     split: str = "test"

@@ -162,4 +162,3 @@ def hf_loading(cfg: ModelConfig, what: str = "checkpoint") -> Iterator[None]:
                 f"preset at a local copy with `--set model.checkpoint=/path/to/dir`."
             ) from None
         raise CheckpointError(f"model {cfg.name!r}: cannot load {what} from {ckpt}: {str(e).splitlines()[0]}") from None
-

@@ -10,7 +10,7 @@ keyword; tests assert this does not happen here).
 from __future__ import annotations
 
 import string
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from mmbench.errors import ConfigError
@@ -33,7 +33,7 @@ question answer true false entailment neutral contradiction sentence means mean 
 """.split()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _words() -> tuple[str, ...]:
     return tuple(dict.fromkeys(TINY_WORDS))
 

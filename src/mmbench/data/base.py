@@ -1,0 +1,81 @@
+"""What every on-disk format reader provides, and the evaluation stream that splits samples across ranks."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mmbench.errors import DataError
+from mmbench.schema import TaskConfig
+
+Record = dict[str, Any]
+
+
+class Reader:
+    """One on-disk format. `samples` yields plain records, each with a stable `index` (its position in the split)."""
+
+    format: ClassVar[str]
+
+    def __init__(self, root: Path, task: TaskConfig):
+        self.root = Path(root)
+        self.task = task
+        self.options: dict[str, Any] = dict(task.data.options.get(self.format, {}))
+
+    @classmethod
+    def detect(cls, root: Path, task: TaskConfig) -> bool:
+        """Is this format's layout present under `root`? Cheap: looks at file names only."""
+        raise NotImplementedError
+
+    def expected(self) -> str:
+        """The files this format expects, for the missing-dataset message."""
+        raise NotImplementedError
+
+    def check(self, split: str) -> None:
+        """Raise `DataError` naming what is missing or inconsistent for `split`."""
+
+    def samples(
+        self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
+    ) -> Iterator[Record]:
+        """Records of `split` in a fixed order; only the first `limit`; only decode those whose index `keep`s."""
+        raise NotImplementedError
+
+
+def decode_image(data: bytes | Path, where: str) -> Image.Image:
+    """Decode fully (lazy PIL decoding would defer a corrupt-file error into a worker); errors name `where`."""
+    try:
+        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        img.load()
+        return img.convert("RGB") if img.mode != "RGB" else img
+    except FileNotFoundError:
+        raise DataError(f"{where}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: cannot decode image ({str(e).splitlines()[0]})") from None
+
+
+class IndexedStream(IterableDataset):
+    """Streams a reader's split, keeping sample `index % (world * workers) == this shard`.
+
+    Splitting by sample (not by shard) means no rank is ever empty when a dataset has fewer shards than ranks,
+    and every record carries its index so that gathered results can be sorted and de-duplicated: a multi-process
+    evaluation gives exactly the single-process numbers.
+    """
+
+    def __init__(self, reader: Reader, split: str, transform: Callable[[Record], Any], limit: int | None = None):
+        super().__init__()
+        self.reader, self.split, self.transform, self.limit = reader, split, transform, limit
+        self.rank, self.world_size = 0, 1
+
+    def set_partition(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        n_parts, part = self.world_size * workers, self.rank * workers + worker
+        for rec in self.reader.samples(self.split, limit=self.limit, keep=lambda i: i % n_parts == part):
+            yield self.transform(rec)

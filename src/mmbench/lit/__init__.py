@@ -1,0 +1,1 @@
+"""LightningModules, DataModules and the Trainer factory shared by the protocols."""

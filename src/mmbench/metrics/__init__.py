@@ -1,0 +1,1 @@
+"""Task metrics: pure functions first, thin stateful wrappers where a protocol accumulates."""

@@ -1,0 +1,22 @@
+"""Protocols: *how* a task is evaluated. Addressed by the task's `protocol` name, imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from mmbench.errors import ConfigError
+from mmbench.protocols.base import ProtocolOutput, RunContext
+
+__all__ = ["PROTOCOLS", "ProtocolOutput", "RunContext", "get_protocol"]
+
+PROTOCOLS: dict[str, str] = {
+    "retrieval": "mmbench.protocols.retrieval:run",
+}
+
+
+def get_protocol(name: str) -> Callable[..., ProtocolOutput]:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"protocol {name!r} is not implemented yet (have: {', '.join(sorted(PROTOCOLS))})")
+    module, _, attr = PROTOCOLS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

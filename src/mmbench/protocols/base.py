@@ -1,0 +1,50 @@
+"""What a protocol receives (`RunContext`) and returns (`ProtocolOutput`).
+
+A protocol is a function `run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput`. It asks the context for the
+model only when it needs one (`ctx.model()`), so a protocol that can answer from a cache never loads weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmbench.lit.trainer import TrainerOptions
+from mmbench.models.base import ModelWrapper
+from mmbench.schema import ModelConfig
+
+
+@dataclass
+class RunContext:
+    model_cfg: ModelConfig
+    data_root: Path  # the task's dataset folder (real or generated)
+    data_source: str  # "real" | "synthetic"
+    model_factory: Callable[[ModelConfig], ModelWrapper]
+    trainer: TrainerOptions = field(default_factory=TrainerOptions)
+    limit: int | None = None
+    batch_size: int | None = None  # per-device batch size; None = the task's
+    num_workers: int = 2
+    seed: int = 0
+    cache_dir: Path = Path("~/.cache/mmbench").expanduser()
+    artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
+    _model: ModelWrapper | None = field(default=None, repr=False)
+
+    def model(self) -> ModelWrapper:
+        """The wrapper, built on first use."""
+        if self._model is None:
+            self._model = self.model_factory(self.model_cfg)
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+
+@dataclass
+class ProtocolOutput:
+    metrics: dict[str, float]  # natural scale (fractions for accuracies/recalls); results scale scores to 0-100
+    n_samples: int
+    details: dict[str, Any] = field(default_factory=dict)  # protocol extras (chosen L2 strength, format read, ...)
+    is_global_zero: bool = True  # only rank 0 writes results in a multi-process run

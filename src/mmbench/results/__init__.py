@@ -1,0 +1,1 @@
+"""Results: the versioned JSON schema, atomic storage with resume, and the leaderboard tables."""

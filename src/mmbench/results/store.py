@@ -1,0 +1,58 @@
+"""Result files on disk: `<output>/runs/<model>/<task>.json`, written atomically, read back for resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from mmbench.errors import DataError
+from mmbench.results.schema import TaskResult
+
+
+def result_path(output: Path, model: str, task: str) -> Path:
+    return Path(output) / "runs" / model / f"{task}.json"
+
+
+def write(output: Path, result: TaskResult) -> Path:
+    """Write via a temporary file in the same folder and `os.replace`, so a crash never leaves half a file."""
+    path = result_path(output, result.model, result.task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result.to_json(), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read(path: Path) -> TaskResult:
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return TaskResult.from_json(data, str(path))
+
+
+def find_complete(output: Path, model: str, task: str, config_hash: str) -> TaskResult | None:
+    """The stored result for (model, task) if it is complete and was made with the same config hash."""
+    path = result_path(output, model, task)
+    if not path.is_file():
+        return None
+    try:
+        res = read(path)
+    except DataError:
+        return None  # unreadable or an older schema: run again and overwrite
+    return res if res.config_hash == config_hash else None
+
+
+def read_all(output: Path) -> list[TaskResult]:
+    """Every result under `<output>/runs/`, sorted by (model, task); a malformed file is an error naming it."""
+    return [read(p) for p in sorted((Path(output) / "runs").glob("*/*.json"))]
