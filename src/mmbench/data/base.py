@@ -58,16 +58,27 @@ def decode_image(data: bytes | Path, where: str) -> Image.Image:
 
 
 class IndexedStream(IterableDataset):
-    """Streams a reader's split, keeping sample `index % (world * workers) == this shard`.
+    """Streams a reader's split in blocks of `block_size` consecutive samples; block b belongs to part
+    `b % (world_size * workers)`, where a part is one DataLoader worker of one rank.
 
-    Splitting by sample (not by shard) means no rank is ever empty when a dataset has fewer shards than ranks,
-    and every record carries its index so that gathered results can be sorted and de-duplicated: a multi-process
-    evaluation gives exactly the single-process numbers.
+    With the loader's batch size equal to `block_size`, every batch holds exactly the same samples whatever the
+    number of ranks and workers, so per-batch arithmetic (padding lengths, matmul shapes) is bitwise the same as in
+    a single-process run. Records carry their index so that gathered results can be sorted and de-duplicated: a
+    multi-process evaluation gives exactly the single-process numbers. Splitting by sample blocks (not by shard)
+    leaves no rank empty when a dataset has fewer shards than ranks.
     """
 
-    def __init__(self, reader: Reader, split: str, transform: Callable[[Record], Any], limit: int | None = None):
+    def __init__(
+        self,
+        reader: Reader,
+        split: str,
+        transform: Callable[[Record], Any],
+        block_size: int,
+        limit: int | None = None,
+    ):
         super().__init__()
-        self.reader, self.split, self.transform, self.limit = reader, split, transform, limit
+        self.reader, self.split, self.transform = reader, split, transform
+        self.block_size, self.limit = block_size, limit
         self.rank, self.world_size = 0, 1
 
     def set_partition(self, rank: int, world_size: int) -> None:
@@ -77,5 +88,10 @@ class IndexedStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         n_parts, part = self.world_size * workers, self.rank * workers + worker
-        for rec in self.reader.samples(self.split, limit=self.limit, keep=lambda i: i % n_parts == part):
+        block = self.block_size
+
+        def keep(i: int) -> bool:
+            return (i // block) % n_parts == part
+
+        for rec in self.reader.samples(self.split, limit=self.limit, keep=keep):
             yield self.transform(rec)

@@ -85,9 +85,9 @@ def predict(trainer: L.Trainer, module: IndexedPredictor, datamodule: L.Lightnin
 class StreamDataModule(L.LightningDataModule):
     """Hands each rank its share of an `IndexedStream` once the process group exists."""
 
-    def __init__(self, stream: Any, batch_size: int, num_workers: int, collate_fn: Callable):
+    def __init__(self, stream: Any, num_workers: int, collate_fn: Callable):
         super().__init__()
-        self.stream, self.batch_size, self.num_workers, self.collate_fn = stream, batch_size, num_workers, collate_fn
+        self.stream, self.num_workers, self.collate_fn = stream, num_workers, collate_fn
 
     def setup(self, stage: str) -> None:
         self.stream.set_partition(self.trainer.global_rank, self.trainer.world_size)
@@ -95,7 +95,7 @@ class StreamDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
             self.stream,
-            batch_size=self.batch_size,
+            batch_size=self.stream.block_size,  # one batch = one block: identical batches on any rank layout
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             persistent_workers=False,

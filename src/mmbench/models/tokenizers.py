@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import string
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-from mmbench.errors import ConfigError
+from mmbench.errors import CheckpointError, ConfigError
 from mmbench.schema import ModelConfig
 
 # Whole words: the synthetic scene grammar and the everyday words of GLUE-like sentences. Anything else is spelled
@@ -49,24 +50,43 @@ def tiny_wordpiece(max_length: int = 77) -> Any:
     return BertTokenizer(vocab=vocab, model_max_length=max_length)
 
 
+def _bpe_encode(word: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges by rank (lowest first) to one word's symbols, as the `tokenizers` BPE model does."""
+    while len(word) > 1:
+        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(word, word[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        word = word[:i] + [word[i] + word[i + 1]] + word[i + 2 :]
+    return word
+
+
+def tiny_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Merges that make every word one token, built deterministically: for each word in turn, encode it with the
+    merges so far and chain its remaining pieces left to right. New merges rank after all earlier ones, so they
+    never change how an earlier word encodes. (The `tokenizers` trainer breaks frequency ties differently in every
+    process, which would give a tiny model different token ids on every run.)"""
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        pieces = _bpe_encode(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        merged = pieces[0]
+        for nxt in pieces[1:]:
+            ranks.setdefault((merged, nxt), len(ranks))
+            merged += nxt
+    return sorted(ranks, key=ranks.get)
+
+
 def tiny_bpe(max_length: int = 77) -> Any:
-    """A CLIP byte-level BPE tokenizer: all 256 byte symbols (plain and word-final) plus merges for whole words."""
+    """A CLIP byte-level BPE tokenizer: all 256 byte symbols (plain and word-final) plus merges that make every
+    tiny-vocabulary word a single token."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
-    vocab_list = symbols + [s + "</w>" for s in symbols]
-    merges: list[tuple[str, str]] = []
-    for word in _words():
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = pieces[0]
-        for nxt in pieces[1:]:
-            merges.append((merged, nxt))
-            merged += nxt
-            vocab_list.append(merged)
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
-    merges = list(dict.fromkeys(merges))
+    merges = tiny_merges(_words())
+    tokens = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
@@ -75,7 +95,7 @@ BUILTIN = {"mmbench:tiny-wordpiece": tiny_wordpiece, "mmbench:tiny-bpe": tiny_bp
 
 def load_tokenizer(cfg: ModelConfig, default: str | None = None) -> Any:
     """The preset's tokenizer: built-in tiny, or `AutoTokenizer` over the tokenizer/checkpoint id or directory."""
-    from mmbench.models.base import hf_loading
+    from mmbench.models.base import hf_loading, is_local_path
 
     source = cfg.tokenizer or default or cfg.checkpoint
     if not source:
@@ -84,6 +104,8 @@ def load_tokenizer(cfg: ModelConfig, default: str | None = None) -> Any:
         if source not in BUILTIN:
             raise ConfigError(f"model {cfg.name!r}: key 'tokenizer': unknown built-in {source!r} ({sorted(BUILTIN)})")
         return BUILTIN[source](cfg.max_text_length)
+    if is_local_path(source) and not Path(source).expanduser().exists():
+        raise CheckpointError(f"model {cfg.name!r}: checkpoint path {source} does not exist (looked for the tokenizer)")
     from transformers import AutoTokenizer
 
     with hf_loading(cfg, "tokenizer"):

@@ -21,7 +21,7 @@ class RunContext:
     model_cfg: ModelConfig
     data_root: Path  # the task's dataset folder (real or generated)
     data_source: str  # "real" | "synthetic"
-    model_factory: Callable[[ModelConfig], ModelWrapper]
+    model_factory: Callable[..., ModelWrapper]  # (cfg, fresh=False) -> wrapper
     trainer: TrainerOptions = field(default_factory=TrainerOptions)
     limit: int | None = None
     batch_size: int | None = None  # per-device batch size; None = the task's
@@ -31,8 +31,11 @@ class RunContext:
     artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
     _model: ModelWrapper | None = field(default=None, repr=False)
 
-    def model(self) -> ModelWrapper:
-        """The wrapper, built on first use."""
+    def model(self, fresh: bool = False) -> ModelWrapper:
+        """The wrapper, built on first use and shared across the run's tasks; `fresh=True` builds an untouched
+        copy for protocols that change weights (fine-tuning)."""
+        if fresh:
+            return self.model_factory(self.model_cfg, fresh=True)
         if self._model is None:
             self._model = self.model_factory(self.model_cfg)
         return self._model

@@ -62,8 +62,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     def to_item(rec: dict[str, Any]) -> dict[str, Any]:
         return {"index": rec["index"], "pixel_values": transform(rec["image"]), "captions": rec["captions"][:k]}
 
-    stream = IndexedStream(reader, task.data.split, to_item, limit=ctx.limit)
-    data = StreamDataModule(stream, ctx.batch_size or params.batch_size, ctx.num_workers, _Collate(model, k))
+    stream = IndexedStream(reader, task.data.split, to_item, ctx.batch_size or params.batch_size, limit=ctx.limit)
+    data = StreamDataModule(stream, ctx.num_workers, _Collate(model, k))
     trainer = make_trainer(ctx.trainer)
     out = predict(trainer, IndexedPredictor(model, _embed(k)), data)
     if not out:

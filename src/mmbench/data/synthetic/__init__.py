@@ -73,6 +73,10 @@ def write(task: TaskConfig, out: Path, fmt: str | None = None, n: int | None = N
     return out
 
 
+def is_synthetic(root: Path) -> bool:
+    return (Path(root) / "SYNTHETIC.json").is_file()
+
+
 def ensure(task: TaskConfig, cache_dir: Path, fmt: str | None = None) -> Path:
     """The cached synthetic dataset for `task`, written on first use (what `run --data synthetic` reads)."""
     opts = synth_options(task, fmt)

@@ -11,10 +11,11 @@ from typing import Any
 from mmbench.data.synthetic.scene import captions, render, sample_scene
 
 
-def _samples(n: int, seed: int, image_size: int, n_captions: int) -> list[tuple[Any, list[str]]]:
+def _samples(n: int, seed: int, image_size: int, n_captions: int, part: str = "") -> list[tuple[Any, list[str]]]:
+    """Sample i of a split depends only on (seed, part, i): both formats hold the same test set."""
     out = []
     for i in range(n):
-        rng = random.Random(f"{seed}/{i}")
+        rng = random.Random(f"{seed}/{part}{i}")
         scene = sample_scene(rng)
         out.append((render(scene, image_size, jitter=rng), captions(scene, rng, n_captions)))
     return out
@@ -50,7 +51,7 @@ def write_karpathy(
     `filepath`/`cocoid`, and every third test image carries 6-7 captions (the reader keeps the first 5). A few
     train images precede the test split so that readers must filter by split."""
     rng = random.Random(f"{seed}/karpathy")
-    samples = _samples(n + n_train, seed, image_size, 7)
+    samples = _samples(n_train, seed, image_size, 7, part="train/") + _samples(n, seed, image_size, 7)
     images = []
     image_dir = out / ("val2014" if flavour == "coco" else "flickr30k-images")
     image_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,265 @@
+"""`mmbench.evaluate`: the one entry point the CLI and users call.
+
+    >>> import mmbench
+    >>> results = mmbench.evaluate("clip-tiny", ["flickr30k"], data="synthetic", limit=32)
+
+For every (model, task): resolve and validate configs, skip when a complete result with the same config hash
+exists, find (or generate) the data, run the task's protocol under Lightning, and write the versioned result JSON
+atomically. A capability the model lacks becomes an `n/a` result with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import resource
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mmbench import __version__
+from mmbench.config import Registry, config_hash, parse_overrides, resolved_task_dict, to_dict
+from mmbench.errors import CapabilityError, ConfigError
+from mmbench.lit.trainer import TrainerOptions
+from mmbench.protocols import RunContext, get_protocol
+from mmbench.results import store
+from mmbench.results.schema import TaskResult, scores_from_metrics
+from mmbench.schema import ModelConfig, TaskConfig
+
+log = logging.getLogger("mmbench")
+DATA_MODES = ("real", "synthetic")
+
+
+def default_output(data: str) -> Path:
+    """Synthetic runs default to results/synthetic/ so they can never overwrite, or pass for, a real run."""
+    return Path("results") / "synthetic" if data == "synthetic" else Path("results")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MMBENCH_CACHE", "~/.cache/mmbench")).expanduser()
+
+
+def evaluate(
+    model: str | Iterable[str],
+    tasks: str | Iterable[str] = (),
+    *,
+    groups: str | Iterable[str] = (),
+    data: str = "real",
+    data_root: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    devices: int = 1,
+    accelerator: str = "auto",
+    precision: str | None = None,
+    seed: int = 0,
+    output: str | Path | None = None,
+    redo: bool = False,
+    overrides: Iterable[str] = (),
+    num_workers: int | None = None,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    registry: Registry | None = None,
+    on_result: Callable[[TaskResult], None] | None = None,
+) -> list[TaskResult]:
+    """Evaluate one or more models on tasks and/or groups; returns one `TaskResult` per (model, task).
+
+    `overrides` are `--set` items (`model.KEY=VALUE`, `task.KEY=VALUE`) applied to every model / task.
+    """
+    models = [model] if isinstance(model, str) else list(model)
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    groups = [groups] if isinstance(groups, str) else list(groups)
+    if data not in DATA_MODES:
+        raise ConfigError(f"--data {data!r}: expected one of {', '.join(DATA_MODES)}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: expected a positive number of samples")
+    registry = registry or Registry()
+    ov = parse_overrides(list(overrides))
+    task_names = registry.expand(tasks, groups)
+    if not task_names:
+        raise ConfigError("no task given: use --task NAME or --group NAME (see `mmbench list tasks`)")
+    model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
+    task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
+    output = Path(output) if output is not None else default_output(data)
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    _quiet_lightning()
+
+    results = []
+    total = len(model_cfgs) * len(task_cfgs)
+    for m_i, mcfg in enumerate(model_cfgs):
+        built = _ModelCache()
+        for t_i, tcfg in enumerate(task_cfgs):
+            step = m_i * len(task_cfgs) + t_i + 1
+            run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
+            chash = config_hash(mcfg, tcfg, run_info)
+            existing = None if redo else store.find_complete(output, mcfg.name, tcfg.name, chash)
+            if existing is not None:
+                log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
+                results.append(existing)
+                continue
+            log.info("[%d/%d] %s x %s", step, total, mcfg.name, tcfg.name)
+            root, source = _data_root(tcfg, data, data_root, cache)
+            ctx = RunContext(
+                model_cfg=mcfg,
+                data_root=root,
+                data_source=source,
+                model_factory=built,
+                trainer=TrainerOptions(
+                    accelerator=accelerator, devices=devices, precision=precision, progress=progress
+                ),
+                limit=limit,
+                batch_size=batch_size,
+                num_workers=_default_workers(devices) if num_workers is None else num_workers,
+                seed=seed,
+                cache_dir=cache,
+                artifact_dir=store.result_path(output, mcfg.name, tcfg.name).parent,
+            )
+            result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)
+            if is_zero:
+                store.write(output, result)
+            results.append(result)
+            if on_result is not None and is_zero:
+                on_result(result)
+    return results
+
+
+def _run_one(
+    mcfg: ModelConfig, tcfg: TaskConfig, ctx: RunContext, run_info: dict, chash: str, built: _ModelCache
+) -> tuple[TaskResult, bool]:
+    import lightning as L
+    import torch
+
+    L.seed_everything(ctx.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    common = dict(
+        model=mcfg.name,
+        task=tcfg.name,
+        domain=tcfg.domain,
+        protocol=tcfg.protocol,
+        primary=tcfg.primary,
+        data_source=ctx.data_source,
+        limit=ctx.limit,
+        config={"model": to_dict(mcfg), "task": resolved_task_dict(tcfg), "run": run_info},
+        config_hash=chash,
+        random_init=mcfg.random_init,
+    )
+    try:
+        out = get_protocol(tcfg.protocol)(tcfg, ctx)
+    except CapabilityError as e:
+        log.warning("%s x %s: n/a (%s)", mcfg.name, tcfg.name, e)
+        prov = _provenance(ctx, time.perf_counter() - start, built)
+        result = TaskResult(status="n/a", reason=str(e), metrics={}, scores={}, n_samples=0, provenance=prov, **common)
+        return result, _is_global_zero()
+    missing = [m for m in tcfg.metrics if m not in out.metrics]
+    if missing:
+        raise ConfigError(f"task {tcfg.name!r}: protocol {tcfg.protocol!r} reported no metric {missing[0]!r}")
+    result = TaskResult(
+        status="ok",
+        metrics={k: float(v) for k, v in out.metrics.items()},
+        scores=scores_from_metrics(out.metrics, tcfg.scores),
+        n_samples=out.n_samples,
+        details=out.details,
+        provenance=_provenance(ctx, time.perf_counter() - start, built),
+        **common,
+    )
+    return result, out.is_global_zero
+
+
+class _ModelCache:
+    """Builds a model once per evaluate() call and model; `fresh=True` gives an untouched copy (fine-tuning)."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.build_seconds = 0.0
+
+    def __call__(self, cfg: ModelConfig, fresh: bool = False) -> Any:
+        from mmbench.models import build_model
+
+        if fresh:
+            return build_model(cfg)
+        if self.model is None:
+            self.model = build_model(cfg)
+            self.build_seconds = self.model.build_seconds
+        return self.model
+
+
+def _data_root(task: TaskConfig, data: str, data_root: str | Path | None, cache: Path) -> tuple[Path, str]:
+    """The dataset folder and its source. A folder written by `mmbench data synth` is labelled synthetic even
+    when passed as real data, so generated numbers can never enter the real leaderboard."""
+    from mmbench.data import dataset_root, synthetic
+
+    if data == "synthetic":
+        return synthetic.ensure(task, cache), "synthetic"
+    root = dataset_root(task, data_root)
+    return root, "synthetic" if synthetic.is_synthetic(root) else "real"
+
+
+def _default_workers(devices: int) -> int:
+    return max(0, min(4, (os.cpu_count() or 1) // max(1, devices) - 1))
+
+
+def _is_global_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _provenance(ctx: RunContext, wall: float, built: _ModelCache) -> dict[str, Any]:
+    import lightning
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available() and ctx.trainer.accelerator in ("auto", "gpu", "cuda")
+    device = f"{torch.cuda.get_device_name(0)} x{ctx.trainer.devices}" if cuda else f"cpu x{ctx.trainer.devices}"
+    return {
+        "mmbench": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "seed": ctx.seed,
+        "device": device,
+        "precision": ctx.trainer.precision or "32-true",
+        "wall_seconds": round(wall, 3),
+        "model_build_seconds": round(built.build_seconds, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the mmbench checkout that ran (with `+dirty` when it had uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def _quiet_lightning() -> None:
+    """Lightning's banner lines and tips say nothing about the numbers; keep warnings and errors."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*predict returned None.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")

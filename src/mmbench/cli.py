@@ -1,0 +1,193 @@
+"""`mmbench` command line: argument parsing only; the work is done by `mmbench.api` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mmbench import __version__
+from mmbench.errors import MMBenchError, user_message
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmbench", description="Benchmark vision-and-language models on FLAVA's 35 tasks")
+    p.add_argument("--version", action="version", version=f"mmbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="evaluate models on tasks and write result JSONs")
+    run.add_argument("--model", action="append", required=True, help="model preset (repeatable)")
+    run.add_argument("--task", action="append", default=[], help="task name (repeatable)")
+    run.add_argument("--group", action="append", default=[], help="task group, e.g. retrieval (repeatable)")
+    run.add_argument("--data", choices=["real", "synthetic"], default="real", help="real datasets or generated ones")
+    run.add_argument("--data-root", help="folder holding one sub-folder per task (default $MMBENCH_DATA)")
+    run.add_argument("--limit", type=int, help="evaluate only the first N samples (smoke tests; never in the table)")
+    run.add_argument("--batch-size", type=int, help="per-device batch size (default: the task's)")
+    run.add_argument("--devices", type=int, default=1, help="devices (processes) to run on; >1 uses DDP")
+    run.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    run.add_argument("--precision", help="e.g. bf16-mixed, 16-mixed (default 32-true)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--output", help="results folder (default results/, or results/synthetic/ for --data synthetic)")
+    run.add_argument("--redo", action="store_true", help="run again even when an up-to-date result exists")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field: model.max_text_length=64, task.retrieval.chunk_size=256",
+    )
+    run.add_argument("--num-workers", type=int, help="data loader workers per device")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--cache-dir", help="features, synthetic data and downloads (default ~/.cache/mmbench)")
+    run.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    lst = sub.add_parser("list", help="list models, tasks or groups")
+    lst.add_argument("what", choices=["models", "tasks", "groups"])
+    lst.add_argument("--debug", action="store_true")
+
+    table = sub.add_parser("table", help="render the leaderboard (markdown + CSV)")
+    table.add_argument("--results", default="results", help="results folder (default results/)")
+    table.add_argument("--reported", help="paper numbers (default <results>/reported)")
+    table.add_argument("--out", help="markdown file to write (default <results>/LEADERBOARD.md; CSV beside it)")
+    table.add_argument("--check", action="store_true", help="exit 1 if the committed file differs from a fresh render")
+    table.add_argument("--debug", action="store_true")
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="write a small synthetic dataset in a task's real format")
+    synth.add_argument("--task", required=True)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--n", type=int, help="number of samples (default: the task's)")
+    synth.add_argument("--seed", type=int, help="generator seed (default 0)")
+    synth.add_argument("--format", help="one of the task's accepted formats (default: its first)")
+    synth.add_argument("--debug", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    logging.getLogger("mmbench").setLevel(logging.INFO)
+    try:
+        return {"run": _run, "list": _list, "table": _table, "data": _data}[args.command](args)
+    except MMBenchError as e:
+        if args.debug:
+            raise
+        print(f"mmbench: error: {user_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmbench: interrupted; results already written are kept", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        where = f" ({type(e).__name__})" if not isinstance(e, (OSError, ValueError)) else ""
+        print(
+            f"mmbench: error: {user_message(e).splitlines()[0]}{where} [--debug shows the traceback]", file=sys.stderr
+        )
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mmbench.api import evaluate
+
+    if not args.task and not args.group:
+        print("mmbench: error: give --task NAME or --group NAME (see `mmbench list tasks`)", file=sys.stderr)
+        return 2
+    results = evaluate(
+        args.model,
+        args.task,
+        groups=args.group,
+        data=args.data,
+        data_root=args.data_root,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        devices=args.devices,
+        accelerator=args.accelerator,
+        precision=args.precision,
+        seed=args.seed,
+        output=args.output,
+        redo=args.redo,
+        overrides=args.overrides,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        cache_dir=args.cache_dir,
+    )
+    if _rank() == 0:
+        print(summary_table(results))
+    return 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+def summary_table(results: list[Any]) -> str:
+    """One line per (model, task): status, every score, primary metric, samples, seconds."""
+    rows = [("model", "task", "data", "status", "scores (0-100)", "n", "seconds")]
+    for r in results:
+        scores = "  ".join(f"{k}={v:.2f}" for k, v in r.scores.items()) if r.status == "ok" else (r.reason or "")
+        data = r.data_source + (f", limit {r.limit}" if r.limit else "")
+        rows.append((r.model, r.task, data, r.status, scores, str(r.n_samples), f"{r.provenance['wall_seconds']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from mmbench.config import Registry
+
+    reg = Registry()
+    if args.what == "models":
+        for name in sorted(reg.model_files):
+            cfg = reg.model(name)
+            tag = " [random weights]" if cfg.random_init else ""
+            print(f"{name:<16} {cfg.checkpoint or '-':<40} {cfg.description}{tag}")
+    elif args.what == "tasks":
+        for name in sorted(reg.task_files, key=lambda n: (reg.task_files[n].parent.name, n)):
+            cfg = reg.task(name)
+            print(f"{name:<16} {cfg.domain:<11} {cfg.protocol:<13} {cfg.data.format:<16} {cfg.description}")
+    else:
+        for name, members in reg.groups.items():
+            print(f"{name:<12} {len(members):>3} tasks: {', '.join(members)}")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from mmbench.results import table
+
+    results = Path(args.results)
+    reported = Path(args.reported) if args.reported else results / "reported"
+    out = Path(args.out) if args.out else results / "LEADERBOARD.md"
+    board = table.render(results, reported)
+    if args.check:
+        diffs = table.check(board, out)
+        if diffs:
+            print(f"mmbench: {out} is out of date; run `mmbench table` and commit it:", file=sys.stderr)
+            for d in diffs:
+                print(f"  {d}", file=sys.stderr)
+            return 1
+        print(f"{out} is up to date")
+        return 0
+    table.write(board, out)
+    print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from mmbench.config import Registry
+    from mmbench.data import synthetic
+
+    task = Registry().task(args.task)
+    accepted = [task.data.format, *task.data.alt_formats]
+    if args.format and args.format not in accepted:
+        print(f"mmbench: error: task {task.name!r} reads {', '.join(accepted)}, not {args.format!r}", file=sys.stderr)
+        return 2
+    out = synthetic.write(task, Path(args.out), fmt=args.format, n=args.n, seed=args.seed)
+    print(f"wrote synthetic {task.name} ({args.format or task.data.format}) to {out}")
+    return 0

@@ -1,0 +1,166 @@
+"""Wrapper contract for every preset that builds offline, plus the CLIP/FLAVA specifics proven against HF."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import randomize_
+from PIL import Image
+
+from mmbench.config import parse_overrides
+from mmbench.errors import CapabilityError, CheckpointError
+from mmbench.models import Capability, build_model
+from mmbench.models.tokenizers import TINY_WORDS, tiny_bpe, tiny_wordpiece
+
+SENTENCES = ["a red circle above two blue squares", "the movie was great and the story was good"]
+
+
+def _offline_presets(registry):
+    return [n for n in sorted(registry.model_files) if registry.model(n).random_init]
+
+
+def pytest_generate_tests(metafunc):
+    if "tiny_name" in metafunc.fixturenames:
+        from mmbench.config import Registry
+
+        metafunc.parametrize("tiny_name", _offline_presets(Registry()))
+
+
+def test_tiny_presets_contract(registry, tiny_name):
+    model = build_model(registry.model(tiny_name))
+    start = time.perf_counter()
+    model = build_model(registry.model(tiny_name))  # second build: imports are warm
+    assert time.perf_counter() - start < 1.0, "tiny presets must build in well under a second"
+    assert not model.training
+    size = model.cfg.preprocess.image_size
+    pixels = torch.stack([model.image_transform()(Image.new("RGB", (size * 2, size), c)) for c in ("red", "blue")])
+    assert pixels.shape == (2, 3, size, size)
+    tokens = model.tokenize(SENTENCES)
+    with torch.no_grad():
+        if Capability.IMAGE in model.capabilities:
+            assert model.image_features(pixels).shape == (2, model.feature_dims["image"])
+        if Capability.TEXT in model.capabilities:
+            assert model.text_features(**tokens).shape == (2, model.feature_dims["text"])
+        if Capability.FUSION in model.capabilities:
+            assert model.pair_features(pixels, **tokens).shape == (2, model.feature_dims["pair"])
+        if Capability.CONTRASTIVE in model.capabilities:
+            img, txt = model.image_embeddings(pixels), model.text_embeddings(**tokens)
+            assert img.shape == txt.shape == (2, model.feature_dims["embedding"])
+            torch.testing.assert_close(img.norm(dim=-1), torch.ones(2))
+            torch.testing.assert_close(txt.norm(dim=-1), torch.ones(2))
+        else:
+            with pytest.raises(CapabilityError):
+                model.image_embeddings(pixels)
+
+
+def test_tiny_presets_are_deterministic(registry, tiny_name):
+    a, b = build_model(registry.model(tiny_name)), build_model(registry.model(tiny_name))
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("make", [tiny_wordpiece, tiny_bpe])
+def test_tiny_tokenizers_know_ordinary_words(make):
+    tok = make()
+    ids = tok(SENTENCES[0] + " xylophone quartz")["input_ids"]
+    inner = ids[1:-1]  # drop the start/end specials (CLIP's unknown token *is* its end token)
+    assert tok.unk_token_id not in inner
+    assert len(tok) > 200
+    for word in TINY_WORDS:
+        assert len(tok(word)["input_ids"]) == 3, f"vocabulary word {word!r} must be a single token"
+
+
+@pytest.mark.parametrize("make", [tiny_wordpiece, tiny_bpe])
+def test_tiny_tokenizers_are_the_same_in_every_process(make):
+    """Token ids must not depend on the process (hash seeds, trainer tie-breaks): a tiny model's numbers would."""
+    code = (
+        f"import hashlib, json; from mmbench.models.tokenizers import {make.__name__}; "
+        f"print(hashlib.sha256(json.dumps({make.__name__}().get_vocab(), sort_keys=True).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
+    here = hashlib.sha256(json.dumps(make().get_vocab(), sort_keys=True).encode()).hexdigest()
+    assert digests == {here + "\n"}
+
+
+def test_clip_tiny_pools_at_the_eos_token(registry):
+    model = build_model(registry.model("clip-tiny"))
+    text_cfg = model.model.config.text_config
+    assert text_cfg.eos_token_id == model.tokenizer.eos_token_id != 2
+    tokens = model.tokenize(SENTENCES)
+    with torch.no_grad():
+        hidden = model.model.text_model(**tokens).last_hidden_state  # (B, T, D), after the final LayerNorm
+        pooled = model.text_features(**tokens)
+    eos_pos = (tokens["input_ids"] == text_cfg.eos_token_id).int().argmax(dim=-1)
+    assert (eos_pos > 0).all()
+    torch.testing.assert_close(pooled, hidden[torch.arange(2), eos_pos])
+    assert not torch.allclose(pooled, hidden[:, 0])
+
+
+def test_flava_contrastive_embeddings_match_flava_for_pretraining(registry):
+    from transformers import FlavaForPreTraining
+
+    from mmbench.models.flava import flava_config
+
+    wrapper = build_model(registry.model("flava-tiny"))
+    randomize_(wrapper.model, seed=1)
+    reference = FlavaForPreTraining(flava_config(wrapper.cfg, len(wrapper.tokenizer))).eval()
+    missing, unexpected = reference.flava.load_state_dict(wrapper.model.state_dict(), strict=True)
+    assert not missing and not unexpected
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = wrapper.tokenize(SENTENCES + ["one green triangle"])
+    with torch.no_grad():
+        out = reference(pixel_values=pixels, **tokens, return_loss=False)
+        img, txt = wrapper.image_embeddings(pixels), wrapper.text_embeddings(**tokens)
+        ours = img @ txt.T * reference.flava.logit_scale.exp()
+        via_features = wrapper.model.get_image_features(pixel_values=pixels).pooler_output[:, 0]
+    torch.testing.assert_close(ours, out.contrastive_logits_per_image, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(img, torch.nn.functional.normalize(via_features, dim=-1))
+
+
+@pytest.mark.parametrize("name", ["clip-tiny", "flava-tiny"])
+def test_save_pretrained_roundtrip_through_a_preset(registry, tmp_path, name):
+    original = build_model(registry.model(name))
+    randomize_(original.model, seed=2)
+    original.model.save_pretrained(tmp_path / "ckpt")
+    original.tokenizer.save_pretrained(tmp_path / "ckpt")
+    overrides = parse_overrides(
+        [f"model.checkpoint={tmp_path / 'ckpt'}", "model.random_init=false", "model.tokenizer=null"]
+    )
+    loaded = build_model(registry.model(name, overrides["model"]))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_embeddings(pixels), original.image_embeddings(pixels), rtol=0, atol=0)
+        t1, t2 = loaded.tokenize(SENTENCES), original.tokenize(SENTENCES)
+        assert torch.equal(t1["input_ids"], t2["input_ids"])
+        torch.testing.assert_close(loaded.text_embeddings(**t1), original.text_embeddings(**t2), rtol=0, atol=0)
+
+
+def test_missing_hub_checkpoint_offline_is_one_clear_line(registry):
+    cfg = registry.model("flava", parse_overrides(["model.checkpoint=nobody/not-a-real-flava"])["model"])
+    with pytest.raises(CheckpointError) as err:
+        build_model(cfg)
+    msg = str(err.value)
+    assert "nobody/not-a-real-flava" in msg and "HF_HUB_OFFLINE" in msg and "--set model.checkpoint=" in msg
+    assert "\n" not in msg
+
+
+def test_missing_local_checkpoint_names_the_path(registry, tmp_path):
+    cfg = registry.model("clip", parse_overrides([f"model.checkpoint={tmp_path / 'nope'}"])["model"])
+    with pytest.raises(CheckpointError, match=r"checkpoint path .*nope does not exist"):
+        build_model(cfg)

@@ -1,0 +1,191 @@
+"""End to end: `mmbench run` under a real Lightning Trainer writes results that a hand computation reproduces;
+resume, redo, overrides, errors and multi-process evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_retrieval_metric import brute_force
+
+from mmbench import evaluate
+from mmbench.cli import main
+from mmbench.data import open_reader, synthetic
+from mmbench.models import build_model
+from mmbench.results.store import read, result_path
+
+
+@pytest.fixture(scope="module")
+def flickr25(tmp_path_factory, registry):
+    """25 images (odd, so two ranks get different counts) in the CLIP_benchmark layout."""
+    return synthetic.write(registry.task("flickr30k"), tmp_path_factory.mktemp("d") / "flickr30k", n=25, seed=1)
+
+
+def _run(*args: str) -> int:
+    return main(["run", "--no-progress", "--num-workers", "0", *args])
+
+
+def test_run_writes_a_complete_result_that_a_hand_computation_reproduces(registry, tmp_path, flickr25, capsys):
+    rc = _run(
+        "--model", "clip-tiny", "--task", "flickr30k", "--data-root", str(flickr25.parent), "--output", str(tmp_path)
+    )
+    assert rc == 0
+    res = read(result_path(tmp_path, "clip-tiny", "flickr30k"))
+    assert res.status == "ok" and res.domain == "multimodal" and res.n_samples == 25
+    assert res.data_source == "synthetic", "a folder written by `data synth` is never labelled real"
+    assert res.random_init and res.limit is None and res.config_hash.startswith("sha256:")
+    assert set(res.metrics) == {"tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10"}
+    assert res.scores == {k: pytest.approx(100 * res.metrics[k]) for k in ("tr_r1", "tr_r5", "ir_r1", "ir_r5")}
+    prov = res.provenance
+    for key in ("mmbench", "torch", "transformers", "lightning", "git_commit", "seed", "device", "wall_seconds"):
+        assert key in prov
+    assert prov["peak_rss_mb"] > 0 and res.details == {"n_images": 25, "n_texts": 125, "format": "wds_retrieval"}
+    assert "clip-tiny  flickr30k" in capsys.readouterr().out  # the closing summary table
+
+    # The same numbers computed by hand: no Lightning, no loader, full similarity matrix, brute-force ranks.
+    model = build_model(registry.model("clip-tiny"))
+    recs = list(open_reader(registry.task("flickr30k"), flickr25).samples("test"))
+    tf = model.image_transform()
+    with torch.no_grad():
+        img = model.image_embeddings(torch.stack([tf(r["image"]) for r in recs]))
+        txt = model.text_embeddings(**model.tokenize([c for r in recs for c in r["captions"]]))
+    t2i = torch.arange(25).repeat_interleave(5)
+    assert res.metrics == pytest.approx(brute_force(img, txt, t2i, [1, 5, 10]), abs=1e-9)
+
+
+def test_resume_skips_redo_reruns_and_overrides_change_the_hash(tmp_path, flickr25, caplog):
+    caplog.set_level(logging.INFO, logger="mmbench")
+    args = [
+        "--model",
+        "flava-tiny",
+        "--task",
+        "flickr30k",
+        "--data-root",
+        str(flickr25.parent),
+        "--output",
+        str(tmp_path),
+    ]
+    assert _run(*args) == 0
+    path = result_path(tmp_path, "flava-tiny", "flickr30k")
+    first = read(path)
+    stamp = path.stat().st_mtime_ns
+    assert _run(*args) == 0
+    assert path.stat().st_mtime_ns == stamp and "up to date" in caplog.text
+    assert _run(*args, "--redo") == 0
+    assert path.stat().st_mtime_ns != stamp and read(path).metrics == first.metrics
+    assert (
+        _run(
+            *args,
+            "--set",
+            "task.retrieval.ks=[1,2]",
+            "--set",
+            "task.metrics=[tr_r1,tr_r2,ir_r1,ir_r2]",
+            "--set",
+            "task.scores=[tr_r1,ir_r1]",
+        )
+        == 0
+    )
+    changed = read(path)
+    assert changed.config_hash != first.config_hash and set(changed.metrics) == {"tr_r1", "tr_r2", "ir_r1", "ir_r2"}
+    assert changed.config["task"]["retrieval"]["ks"] == [1, 2]
+
+
+def test_limit_and_api(tmp_path, flickr25):
+    results = evaluate(
+        "clip-tiny", "flickr30k", data_root=flickr25.parent, limit=7, output=tmp_path, progress=False, num_workers=0
+    )
+    assert [r.n_samples for r in results] == [7] and results[0].limit == 7
+    assert not results[0].is_reference_grade
+
+
+def test_synthetic_mode_generates_data_and_keeps_results_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _run("--model", "clip-tiny", "--task", "coco", "--data", "synthetic", "--limit", "20") == 0
+    assert (tmp_path / "results" / "synthetic" / "runs" / "clip-tiny" / "coco.json").is_file()
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_missing_data_is_one_clear_message(tmp_path, capsys):
+    rc = _run(
+        "--model", "clip-tiny", "--task", "flickr30k", "--data-root", str(tmp_path / "none"), "--output", str(tmp_path)
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("mmbench: error: task 'flickr30k': dataset not found at") and err.count("\n") == 1
+    assert "nshards.txt" in err and "dataset_flickr30k.json" in err
+
+
+def test_unknown_model_and_bad_override(capsys):
+    assert _run("--model", "clip-tinny", "--task", "coco") == 2
+    assert "unknown model 'clip-tinny'. Did you mean 'clip-tiny'" in capsys.readouterr().err
+    assert _run("--model", "clip-tiny", "--task", "coco", "--set", "task.retrieval.chunk=3") == 2
+    assert "key 'retrieval.chunk'" in capsys.readouterr().err
+
+
+def test_a_failing_task_keeps_results_already_written(tmp_path, flickr25, capsys):
+    import shutil
+
+    import webdataset as wds
+
+    shutil.copytree(flickr25, tmp_path / "data" / "coco")  # COCO is next; make its data corrupt
+    (tmp_path / "data" / "flickr30k").symlink_to(flickr25)
+    with wds.TarWriter(str(tmp_path / "data" / "coco" / "test" / "0.tar")) as sink:
+        sink.write({"__key__": "s0000000", "webp": b"garbage", "txt": "a caption"})
+    rc = _run(
+        "--model",
+        "clip-tiny",
+        "--task",
+        "flickr30k",
+        "--task",
+        "coco",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "coco/test/0.tar:s0000000.webp: cannot decode image" in err
+    assert read(result_path(tmp_path / "out", "clip-tiny", "flickr30k")).status == "ok"
+    assert not result_path(tmp_path / "out", "clip-tiny", "coco").exists()
+
+
+def test_two_process_ddp_equals_single_process(tmp_path, flickr25):
+    """2 CPU processes (gloo) on 25 samples: rank 0 gets 13, rank 1 gets 12; the gathered result is identical."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = [
+        sys.executable,
+        "-m",
+        "mmbench",
+        "run",
+        "--model",
+        "clip-tiny",
+        "--task",
+        "flickr30k",
+        "--no-progress",
+        "--data-root",
+        str(flickr25.parent),
+        "--num-workers",
+        "0",
+        "--accelerator",
+        "cpu",
+    ]
+    for devices in ("1", "2"):
+        proc = subprocess.run(
+            [*base, "--devices", devices, "--output", str(tmp_path / devices)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    one = json.loads(result_path(tmp_path / "1", "clip-tiny", "flickr30k").read_text())
+    two = json.loads(result_path(tmp_path / "2", "clip-tiny", "flickr30k").read_text())
+    assert two["provenance"]["device"] == "cpu x2" and one["provenance"]["device"] == "cpu x1"
+    assert two["metrics"] == one["metrics"] and two["n_samples"] == one["n_samples"] == 25
+    assert two["config_hash"] == one["config_hash"]
