@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import randomize_
 
 try:
@@ -23,8 +25,12 @@ except ImportError as e:  # CI installs it from requirements/parity.txt
         allow_module_level=True,
     )
 
+from mmbench.config import Registry
+from mmbench.models import build_model
+from mmbench.models.beit3 import beit3_config
 from mmbench.models.beit3_layers import Beit3Config, Beit3Model
 
+ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 CFG = Beit3Config(
     encoder_embed_dim=32,
@@ -109,3 +115,47 @@ def test_without_final_norm_equals_torchscale_normalize_output_false(pair, recor
     )["encoder_out"]
     actual = ours(**x, final_norm=False).last_hidden_state
     report(record_property, "image+text, no final LayerNorm", (actual - expected).abs().max().item())
+
+
+@torch.no_grad()
+def test_wrapper_heads_equal_unilm_heads_on_torchscale(record_property):
+    """Every capability of `beit3-tiny`, recomputed from torchscale's outputs with unilm's head formulas."""
+    wrapper = randomize_(build_model(Registry(roots=[ROOT]).model("beit3-tiny")), seed=2)
+    arch = beit3_config(wrapper.cfg)
+    backbone = {k.removeprefix("beit3."): v for k, v in wrapper.state_dict().items() if k.startswith("beit3.")}
+    ref = reference(arch)
+    ref.load_state_dict(backbone, strict=True)
+    ref_plain = reference(replace(arch, normalize_output=False))
+    ref_plain.load_state_dict({k: v for k, v in backbone.items() if not k.startswith("encoder.layer_norm.")})
+
+    x = inputs(vocab=arch.vocab_size, size=arch.img_size)
+    px, ids, pad = x["pixel_values"], x["input_ids"], x["padding_mask"]
+    d = arch.encoder_embed_dim
+    vision = ref(visual_tokens=px)["encoder_out"]
+    text = ref(textual_tokens=ids, text_padding_position=pad)["encoder_out"]
+    vision_plain = ref_plain(visual_tokens=px)["encoder_out"]
+    joint_plain = ref_plain(visual_tokens=px, textual_tokens=ids, text_padding_position=pad)["encoder_out"]
+    fc, pool = wrapper.fc_norm, wrapper.pooler
+    expected = {  # modeling_finetune.py: ImageClassification, Retrieval, VisualQuestionAnswering
+        "image_features": F.layer_norm(vision_plain[:, 1:].mean(1), (d,), fc.weight, fc.bias, fc.eps),
+        "text_features": text[:, 0],
+        "pair_features": torch.tanh(
+            F.linear(
+                F.layer_norm(joint_plain[:, 0], (d,), pool.norm.weight, pool.norm.bias, pool.norm.eps),
+                pool.dense.weight,
+                pool.dense.bias,
+            )
+        ),
+        "image_embeddings": F.normalize(vision[:, 0] @ wrapper.vision_head.weight.T, dim=-1),
+        "text_embeddings": F.normalize(text[:, 0] @ wrapper.language_head.weight.T, dim=-1),
+    }
+    actual = {
+        "image_features": wrapper.image_features(px),
+        "text_features": wrapper.text_features(input_ids=ids, padding_mask=pad),
+        "pair_features": wrapper.pair_features(px, input_ids=ids, padding_mask=pad),
+        "image_embeddings": wrapper.image_embeddings(px),
+        "text_embeddings": wrapper.text_embeddings(input_ids=ids, padding_mask=pad),
+    }
+    for name in expected:
+        assert actual[name].shape == expected[name].shape == (3, d)
+        report(record_property, f"wrapper {name}", (actual[name] - expected[name]).abs().max().item())
