@@ -1,7 +1,7 @@
 """Tokenizer loading, and the tiny tokenizers the random-weight presets build locally (no download).
 
 A preset's `tokenizer` is a hub id or local directory (loaded with `AutoTokenizer`), or one of the built-in tiny
-tokenizers `mmbench:tiny-wordpiece` (BERT WordPiece, FLAVA-style) and `mmbench:tiny-bpe` (CLIP byte-level BPE).
+tokenizers in `BUILTIN` (WordPiece for FLAVA, byte-level BPE for CLIP, sentencepiece for BEiT-3).
 The tiny vocabularies hold a few hundred whole words plus every single character, so no ordinary text ever maps
 to the unknown token (transformers 5 silently builds special-token-only tokenizers from the old `vocab_file=`
 keyword; tests assert this does not happen here).
@@ -9,6 +9,7 @@ keyword; tests assert this does not happen here).
 
 from __future__ import annotations
 
+import importlib
 import string
 from functools import cache
 from pathlib import Path
@@ -90,7 +91,17 @@ def tiny_bpe(max_length: int = 77) -> Any:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-BUILTIN = {"mmbench:tiny-wordpiece": tiny_wordpiece, "mmbench:tiny-bpe": tiny_bpe}
+# Built-in tiny tokenizers, addressed lazily ("module:function") so that wrappers' modules load only when used.
+BUILTIN: dict[str, str] = {
+    "mmbench:tiny-wordpiece": "mmbench.models.tokenizers:tiny_wordpiece",  # FLAVA (BERT WordPiece)
+    "mmbench:tiny-bpe": "mmbench.models.tokenizers:tiny_bpe",  # CLIP (byte-level BPE)
+    "mmbench:tiny-sentencepiece": "mmbench.models.beit3_tokenizer:tiny_sentencepiece",  # BEiT-3 (XLM-R layout)
+}
+
+
+def builtin_tokenizer(name: str, max_length: int) -> Any:
+    module, _, attr = BUILTIN[name].partition(":")
+    return getattr(importlib.import_module(module), attr)(max_length)
 
 
 def load_tokenizer(cfg: ModelConfig, default: str | None = None) -> Any:
@@ -103,7 +114,7 @@ def load_tokenizer(cfg: ModelConfig, default: str | None = None) -> Any:
     if source.startswith("mmbench:"):
         if source not in BUILTIN:
             raise ConfigError(f"model {cfg.name!r}: key 'tokenizer': unknown built-in {source!r} ({sorted(BUILTIN)})")
-        return BUILTIN[source](cfg.max_text_length)
+        return builtin_tokenizer(source, cfg.max_text_length)
     if is_local_path(source) and not Path(source).expanduser().exists():
         raise CheckpointError(f"model {cfg.name!r}: checkpoint path {source} does not exist (looked for the tokenizer)")
     from transformers import AutoTokenizer
