@@ -68,36 +68,45 @@ class RetrievalParams:
 
 @dataclass
 class LinearProbeParams:
-    batch_size: int = 64
-    val_split: str | None = None  # official val split, if the dataset has one
+    """CLIP appendix A.3: frozen image features, multinomial logistic regression (L-BFGS), L2 sweep on val."""
+
+    batch_size: int = 64  # feature extraction batch
+    train_split: str = "train"
+    val_split: str | None = None  # the official val split when the dataset has one
     holdout_fraction: float = 0.1  # otherwise a seeded hold-out of train
     holdout_seed: int = 0
     max_iter: int = 1000
     l2_min: float = 1e-6
     l2_max: float = 1e6
-    steps_per_decade: int = 8
-    metric: str = "top1"  # or "mean_per_class"
+    steps_per_decade: int = 8  # the sweep refines down to this many steps per decade
 
 
 @dataclass
 class FinetuneParams:
-    head: str = "classification"  # classification | regression | vqa
-    input: str = "pair"  # text | pair (which wrapper features feed the head)
-    num_labels: int = 2
-    head_hidden: int = 1536
-    optimizer: str = "adamw"
+    """One recipe for all 11 fine-tuned tasks: FLAVA B.2 (multimodal) and fairseq RoBERTa (GLUE)."""
+
+    head: str = "classification"  # classification | regression (STS-B) | vqa (soft-score multi-label)
+    input: str = "pair"  # text: text_features (GLUE) | pair: pair_features (image + text)
+    num_labels: int = 2  # for head=vqa the answer vocabulary decides
+    label_names: list[str] = field(default_factory=list)
+    head_hidden: int = 1536  # the paper's 2-layer MLP head; 0 = a single linear layer
+    head_dropout: float = 0.1
+    optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.01
-    schedule: str = "cosine"  # cosine | polynomial
+    schedule: str = "cosine"  # cosine | polynomial (linear decay to 0 after warm-up)
     warmup_steps: int = 0
-    max_steps: int = 1000
-    batch_size: int = 32  # effective batch, reached by gradient accumulation
-    device_batch_size: int = 32
-    dropout: float = 0.1
-    image_size: int | None = None
+    max_steps: int = 1000  # optimizer updates
+    batch_size: int = 32  # effective batch per update, reached by gradient accumulation
+    device_batch_size: int | None = None  # per device and micro-step; None = batch_size
+    max_text_length: int | None = None  # None = the model preset's
+    image_size: int | None = None  # e.g. 480 for VQA; None = the preset's
+    train_split: str = "train"
+    val_split: str | None = None  # split that selects the best checkpoint; None = data.split
     val_every_steps: int = 1000
+    select_metric: str | None = None  # None = the task's primary metric
 
 
 @dataclass
