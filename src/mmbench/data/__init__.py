@@ -15,6 +15,9 @@ __all__ = ["READERS", "IndexedStream", "Reader", "Record", "dataset_root", "deco
 READERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.webdataset:WdsRetrievalReader",
     "karpathy": "mmbench.data.karpathy:KarpathyReader",
+    "vqa": "mmbench.data.vqa:VqaReader",
+    "snli_ve": "mmbench.data.snli_ve:SnliVeReader",
+    "hateful_memes": "mmbench.data.hateful_memes:HatefulMemesReader",
 }
 
 
