@@ -26,6 +26,9 @@ DEFAULT_SEED = 0
 WRITERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.synthetic.retrieval:write_wds_retrieval",
     "karpathy": "mmbench.data.synthetic.retrieval:write_karpathy",
+    "vqa": "mmbench.data.synthetic.vqa:write_vqa",
+    "snli_ve": "mmbench.data.synthetic.snli_ve:write_snli_ve",
+    "hateful_memes": "mmbench.data.synthetic.hateful_memes:write_hateful_memes",
 }
 
 
