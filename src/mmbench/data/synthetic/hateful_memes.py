@@ -1,13 +1,13 @@
 """Synthetic Hateful Memes in the challenge's layout: `{train,dev_seen,dev_unseen,test_seen,test_unseen}.jsonl` +
 `img/<id>.png`, where the label depends on the image-text *combination*.
 
-A meme's text claims that a colour is in the picture ("so many red things here"); the meme is "hateful"
-(label 1) exactly when the claim is false of its image. Memes come in pairs built on one scene, as the real
-dataset's benign confounders do: the same picture once with a true claim (label 0) and once with a false one
-(label 1). So every image appears with both labels (the image alone says nothing), the claimed colour is about
-equally often present or absent (the text alone says nothing), and the label is "is the named colour in the
-picture?", which a small fusion model learns from colour presence. Test files carry no labels, like the
-challenge's phase-1 test sets.
+A meme's text makes a claim about its picture, either that a colour is in it ("so many red things here") or what
+its background is ("love the gray background"), with equal odds; the meme is "hateful" (label 1) exactly when
+the claim is false of its image. Every claim wording is equally often true and false, so the text alone says
+(almost) nothing; the image alone gives only the weak cue of `claims.truth_probability` (claims about white
+pictures are true 65% of the time, about gray ones 35%; image-only AUC about 0.6), which is what lets tiny
+random-init models leave the interaction's saddle. Only the combination decides. Test files carry no labels,
+like the challenge's phase-1 test sets.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mmbench.data.synthetic.claims import absent_colours, present_colours
+from mmbench.data.synthetic.claims import (
+    DEFAULT_BIAS,
+    absent_colours,
+    other_background,
+    present_colours,
+    truth_probability,
+)
 from mmbench.data.synthetic.scene import render, sample_scene
 
 # Words from the tiny tokenizers' vocabulary, so that tiny models see one token per word.
@@ -27,26 +33,35 @@ TEMPLATES = (
     "{c} is the best colour in this image",
     "what a nice {c} scene",
 )
+BACKGROUND_TEMPLATES = ("love the {b} background", "what a nice {b} picture")
 # First meme id of each split (5-digit, as in the real release); labelled splits and their default sizes.
 ID_BASE = {"train": 10000, "dev_seen": 40000, "dev_unseen": 50000, "test_seen": 60000, "test_unseen": 70000}
 LABELLED = ("train", "dev_seen", "dev_unseen")
 
 
-def meme_pair(split: str, i: int, seed: int, image_size: int):
-    """The scene image and its two memes (text, label): a true claim (0) and a false one (1), in random order."""
+def meme(split: str, i: int, seed: int, image_size: int, bias: float = DEFAULT_BIAS) -> tuple[Any, str, int]:
+    """Meme `i` of `split`: (image, text, label); depends on (seed, split, i) only."""
     rng = random.Random(f"{seed}/hateful_memes/{split}/{i}")
     scene = sample_scene(rng)
     image = render(scene, image_size, jitter=rng)
-    memes = [
-        (rng.choice(TEMPLATES).format(c=rng.choice(present_colours(scene))), 0),
-        (rng.choice(TEMPLATES).format(c=rng.choice(absent_colours(scene))), 1),
-    ]
-    rng.shuffle(memes)
-    return image, memes
+    true = rng.random() < truth_probability(scene, bias)
+    if rng.random() < 0.5:
+        background = scene.background if true else other_background(scene)
+        text = rng.choice(BACKGROUND_TEMPLATES).format(b=background)
+    else:
+        colour = rng.choice(present_colours(scene) if true else absent_colours(scene))
+        text = rng.choice(TEMPLATES).format(c=colour)
+    return image, text, int(not true)
 
 
 def write_hateful_memes(
-    out: Path, n: int, seed: int, n_train: int | None = None, image_size: int = 64, **_: Any
+    out: Path,
+    n: int,
+    seed: int,
+    n_train: int | None = None,
+    image_size: int = 64,
+    bias: float = DEFAULT_BIAS,
+    **_: Any,
 ) -> None:
     """`n` memes in dev_seen and test_seen, n/2 in dev_unseen and test_unseen, `n_train` (default 4n) in train."""
     n_train = 4 * n if n_train is None else n_train
@@ -57,19 +72,17 @@ def write_hateful_memes(
         "test_seen": n,
         "test_unseen": max(2, n // 2),
     }
-    img = out / "img"
-    img.mkdir(parents=True, exist_ok=True)
+    (out / "img").mkdir(parents=True, exist_ok=True)
     for split, count in sizes.items():
         lines = []
-        for i in range(-(-count // 2)):
-            image, memes = meme_pair(split, i, seed, image_size)
-            for text, label in memes[: count - len(lines)]:
-                meme_id = ID_BASE[split] + len(lines)
-                name = f"img/{meme_id:05d}.png"
-                image.save(out / name, format="PNG")
-                line: dict[str, Any] = {"id": meme_id, "img": name}
-                if split in LABELLED:
-                    line["label"] = label
-                line["text"] = text
-                lines.append(line)
+        for i in range(count):
+            image, text, label = meme(split, i, seed, image_size, bias)
+            meme_id = ID_BASE[split] + i
+            name = f"img/{meme_id:05d}.png"
+            image.save(out / name, format="PNG")
+            line: dict[str, Any] = {"id": meme_id, "img": name}
+            if split in LABELLED:
+                line["label"] = label
+            line["text"] = text
+            lines.append(line)
         (out / f"{split}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
