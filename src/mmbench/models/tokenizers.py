@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from mmbench.errors import ConfigError
+from mmbench.models.flamingo import tiny_flamingo_tokenizer
 from mmbench.schema import ModelConfig
 
 # Whole words: the synthetic scene grammar and the everyday words of GLUE-like sentences. Anything else is spelled
@@ -70,7 +71,11 @@ def tiny_bpe(max_length: int = 77) -> Any:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-BUILTIN = {"mmbench:tiny-wordpiece": tiny_wordpiece, "mmbench:tiny-bpe": tiny_bpe}
+BUILTIN = {
+    "mmbench:tiny-wordpiece": tiny_wordpiece,
+    "mmbench:tiny-bpe": tiny_bpe,
+    "mmbench:tiny-flamingo": tiny_flamingo_tokenizer,
+}
 
 
 def load_tokenizer(cfg: ModelConfig, default: str | None = None) -> Any:
