@@ -17,6 +17,7 @@ from mmbench.config import Registry
 from mmbench.errors import CapabilityError, CheckpointError, ConfigError
 from mmbench.models import Capability, build_model
 from mmbench.models.flamingo import FlamingoWrapper, last_token_states
+from mmbench.models.flamingo_checkpoint import lm_key_renamer, openflamingo_key
 from mmbench.models.flamingo_layers import GatedCrossAttentionBlock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +251,22 @@ def trained(seed: int = 5) -> FlamingoWrapper:
     ):
         randomize_(part, seed=seed + i)
     return model
+
+
+def test_openflamingo_keys_map_onto_ours():
+    model = tiny(seed=None).model
+    rename, layers = lm_key_renamer(model.lang_encoder), "lang_encoder.gpt_neox.layers"
+    cases = {
+        "perceiver.layers.0.1.3.weight": "perceiver.layers.0.1.3.weight",
+        "lang_encoder.gated_cross_attn_layers.3.ff_gate": "gated_cross_attn_layers.3.ff_gate",
+        f"{layers}.3.gated_cross_attn_layer.attn.to_kv.weight": "gated_cross_attn_layers.3.attn.to_kv.weight",
+        f"{layers}.2.decoder_layer.mlp.dense_h_to_4h.weight": f"{layers}.2.mlp.dense_h_to_4h.weight",
+        "lang_encoder.old_decoder_blocks.2.attention.dense.bias": f"{layers}.2.attention.dense.bias",
+        "module.lang_encoder.gpt_neox.embed_in.weight": "lang_encoder.gpt_neox.embed_in.weight",
+        "lang_encoder.embed_out.weight": "lang_encoder.lm_head.weight",  # transformers 4 -> 5
+    }
+    assert {k: openflamingo_key(k, "gpt_neox.layers", rename) for k in cases} == cases
+    assert set(cases.values()) <= set(model.state_dict())
 
 
 def build_with_checkpoint(path: Path, **overrides: Any) -> FlamingoWrapper:
