@@ -124,8 +124,8 @@ def test_gated_cross_attention_block_matches_reference(immediate):
 
 # ---- full model ----------------------------------------------------------------------------------------------
 class OpenClipVisual(nn.Module):
-    """What open_clip's `VisionTransformer` returned with `output_tokens=True` (releases 2.16-2.23, the ones
-    OpenFlamingo was trained with): (pooled, tokens), tokens = last block's output without CLS, before ln_post."""
+    """What open_clip's `VisionTransformer` returned with `output_tokens=True` in the 2023 releases OpenFlamingo was
+    trained with: (pooled, tokens), tokens = the last block's output without CLS, before ln_post."""
 
     def __init__(self, hf: nn.Module):
         super().__init__()

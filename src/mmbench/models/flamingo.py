@@ -5,10 +5,11 @@ Mirrors `open_flamingo/src/flamingo.py` + `flamingo_lm.py` of open-flamingo 2.0.
 it on tiny random weights in tests/test_flamingo_parity.py (full-model logits, several images per sample, both
 masking modes) and against OpenFlamingo-layout checkpoints in tests/test_flamingo.py.
 
-- Vision: OpenFlamingo feeds the resampler open_clip's `visual(x)[1]` with `output_tokens=True`. In the open_clip
-  releases it was trained with (2.16-2.23) that is `x[:, 1:]` of the last transformer block: the patch tokens
-  *without* the CLS token and *before* `ln_post` (later open_clip releases apply `ln_post` to the tokens first).
-  With HF `CLIPVisionModel` that is `last_hidden_state[:, 1:]` (HF's `pre_layrnorm` is open_clip's `ln_pre`).
+- Vision: OpenFlamingo feeds the resampler open_clip's `visual(x)[1]` with `output_tokens=True`. In the 2023
+  open_clip releases it was trained with (>= 2.16, before `final_ln_after_pool` existed) that is `x[:, 1:]` of the
+  last transformer block: the patch tokens *without* the CLS token and *before* `ln_post` (later releases apply
+  `ln_post` to the tokens by default). With HF `CLIPVisionModel` that is `last_hidden_state[:, 1:]` (HF's
+  `pre_layrnorm` is open_clip's `ln_pre`).
 - Insertion: the gated block for decoder layer i (when (i+1) % every == 0) runs *before* that layer, through a
   forward pre-hook on the layer the preset names (`arch.decoder_layers`, e.g. `gpt_neox.layers`). The LM's module
   tree stays exactly HF's, so its own weights live under `lang_encoder.*` and the new blocks under
