@@ -30,9 +30,12 @@ def tiny(overrides: dict[str, Any] | None = None, seed: int | None = 0) -> Flami
     return randomize_(model, seed=seed) if seed is not None else model
 
 
-def images(n: int, seed: int, per_sample: int | None = None) -> torch.Tensor:
-    shape = (n, 3, 32, 32) if per_sample is None else (n, per_sample, 3, 32, 32)
+def randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def images(n: int, seed: int, per_sample: int | None = None) -> torch.Tensor:
+    return randn(n, 3, 32, 32, seed=seed) if per_sample is None else randn(n, per_sample, 3, 32, 32, seed=seed)
 
 
 def encode(model: FlamingoWrapper, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,11 +170,11 @@ def test_cross_attention_after_the_second_image_sees_the_first_only_when_asked(i
     """Block level (the LM's self-attention would carry image 1 forward anyway): after the second `<image>`,
     image 1 reaches the cross-attention only with only_attend_immediate_media=False."""
     block = randomize_(GatedCrossAttentionBlock(32, 24, 16, 2, 2, only_attend_immediate_media=immediate), seed=1)
-    x, media = torch.randn(1, 8, 32), torch.randn(1, 2, 4, 24)
+    x, media = randn(1, 8, 32, seed=0), randn(1, 2, 4, 24, seed=1)
     locations = torch.zeros(1, 8, dtype=torch.bool)
     locations[0, [1, 4]] = True
     changed = media.clone()
-    changed[:, 0] = torch.randn(4, 24)
+    changed[:, 0] = randn(4, 24, seed=2)
     delta = (block(x, media, locations) - block(x, changed, locations)).abs().amax(-1)[0]  # (T,)
     assert delta[1:4].min() > 1e-4  # between the images: image 1 is the one attended
     assert (delta[4:].max() == 0) if immediate else (delta[4:].min() > 1e-4)

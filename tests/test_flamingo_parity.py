@@ -63,6 +63,10 @@ REF, WHY = _load_reference()
 pytestmark = pytest.mark.skipif(REF is None, reason=WHY)
 
 
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
 def record(what: str, ours: torch.Tensor, theirs: torch.Tensor) -> float:
     diff = (ours - theirs).abs().max().item()
     print(f"parity {what}: max |diff| = {diff:.3g}")
@@ -88,7 +92,7 @@ def test_perceiver_resampler_matches_reference():
     ours = randomize_(PerceiverResampler(24, depth=2, dim_head=16, heads=2, num_latents=8, ff_mult=2), seed=1)
     theirs = REF.helpers.PerceiverResampler(dim=24, depth=2, dim_head=16, heads=2, num_latents=8, ff_mult=2)
     theirs.load_state_dict(ours.state_dict())  # strict: same parameter names
-    media = torch.randn(3, 2, 10, 24)  # (B, T_img, v, D)
+    media = randn(3, 2, 10, 24, seed=0)  # (B, T_img, v, D)
     record("PerceiverResampler", ours(media), theirs(media[:, :, None]))  # reference: (B, T_img, F=1, v, D)
 
 
@@ -109,7 +113,7 @@ def test_gated_cross_attention_block_matches_reference(immediate):
         dim=32, dim_visual=24, dim_head=16, heads=2, ff_mult=2, only_attend_immediate_media=immediate
     )
     theirs.load_state_dict(ours.state_dict())
-    x, media, loc = torch.randn(3, 12, 32), torch.randn(3, 3, 4, 24), locations_with_early_text()
+    x, media, loc = randn(3, 12, 32, seed=0), randn(3, 3, 4, 24, seed=1), locations_with_early_text()
     out, ref = ours(x, media, loc), theirs(x, media, media_locations=loc)
     seen = loc.cumsum(-1) > 0  # tokens at or after their row's first image
     record(f"GatedCrossAttentionBlock(immediate={immediate})", out[seen], ref[seen])
@@ -201,7 +205,7 @@ def test_full_model_logits_match_reference(immediate):
     toks = ours.tokenize(PROMPTS[immediate])
     ids, mask = toks["input_ids"], toks["attention_mask"]
     assert (mask == 0).any() and ((ids == ours.model.media_token_id).sum(1) == torch.tensor([2, 2, 1])).all()
-    px = torch.randn(3, 2, 3, 32, 32)  # (B, T_img, C, H, W)
+    px = randn(3, 2, 3, 32, 32, seed=0)  # (B, T_img, C, H, W)
     logits = ours.model(ids, mask, px)
     ref = theirs(vision_x=px[:, :, None], lang_x=ids, attention_mask=mask).logits
     record(f"Flamingo logits (immediate={immediate})", logits, ref)
@@ -213,7 +217,7 @@ def test_wrapper_features_match_reference():
     ours, theirs = tiny_pair(True)
     toks = ours.tokenize(["a red circle", "two blue squares on the left of a star", "the cat"])
     ids, mask = toks["input_ids"], toks["attention_mask"]
-    px = torch.randn(3, 3, 32, 32)
+    px = randn(3, 3, 32, 32, seed=1)
     head = ours.model.lang_encoder.get_output_embeddings()
     # FUSION: "<image>" + text. TEXT: the text alone, which the reference runs as text before any image.
     media = torch.full_like(ids[:, :1], ours.model.media_token_id)
@@ -326,7 +330,7 @@ def test_checkpoint_written_by_the_reference_loads_through_a_preset(tmp_path, al
     assert ours.checkpoint_report.unexpected == []
     assert len(ours.tokenizer) == len(tok) and ours.model.media_token_id == tok.encode("<image>")[-1]
     toks = ours.tokenize(PROMPTS[True])
-    px = torch.randn(3, 2, 3, 32, 32)
+    px = randn(3, 2, 3, 32, 32, seed=2)
     logits = ours.model(toks["input_ids"], toks["attention_mask"], px)
     ref = theirs(vision_x=px[:, :, None], lang_x=toks["input_ids"], attention_mask=toks["attention_mask"]).logits
     record(f"checkpoint ({aliases} aliases) logits", logits, ref)
