@@ -189,3 +189,20 @@ def test_two_process_ddp_equals_single_process(tmp_path, flickr25):
     assert two["provenance"]["device"] == "cpu x2" and one["provenance"]["device"] == "cpu x1"
     assert two["metrics"] == one["metrics"] and two["n_samples"] == one["n_samples"] == 25
     assert two["config_hash"] == one["config_hash"]
+
+
+def test_a_missing_capability_is_recorded_as_na_before_any_data_is_read(tmp_path):
+    """flamingo-tiny has no contrastive space: retrieval is n/a with its reason, even where no dataset exists."""
+    rc = _run(
+        "--model",
+        "flamingo-tiny",
+        "--task",
+        "flickr30k",
+        "--data-root",
+        str(tmp_path / "none"),
+        "--output",
+        str(tmp_path),
+    )
+    assert rc == 0
+    res = read(result_path(tmp_path, "flamingo-tiny", "flickr30k"))
+    assert res.status == "n/a" and res.scores == {} and "no CONTRASTIVE capability" in res.reason

@@ -104,13 +104,17 @@ class ModelWrapper(nn.Module):
 
     def require(self, needed: Capability, what: str) -> None:
         """Raise `CapabilityError` (recorded as n/a) when the model lacks a capability `what` needs."""
-        lacking = needed & ~self.capabilities
-        if lacking:
-            names = "/".join(c.name for c in Capability if c and c in lacking and c.name)
-            raise CapabilityError(f"model {self.cfg.name!r} has no {names} capability, which {what} needs")
+        check_capabilities(self.cfg.name, self.capabilities, needed, what)
 
     def _missing(self, cap: Capability) -> CapabilityError:
         return CapabilityError(f"model {self.cfg.name!r} has no {cap.name} capability")
+
+
+def check_capabilities(model: str, have: Capability, needed: Capability, what: str) -> None:
+    lacking = needed & ~have
+    if lacking:
+        names = "/".join(c.name for c in Capability if c and c in lacking and c.name)
+        raise CapabilityError(f"model {model!r} has no {names} capability, which {what} needs")
 
 
 def _to_rgb(image: Any) -> Any:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mmbench.lit.trainer import TrainerOptions
-from mmbench.models.base import ModelWrapper
+from mmbench.models import wrapper_class
+from mmbench.models.base import Capability, ModelWrapper, check_capabilities
 from mmbench.schema import ModelConfig
 
 
@@ -39,6 +40,14 @@ class RunContext:
         if self._model is None:
             self._model = self.model_factory(self.model_cfg)
         return self._model
+
+    def require(self, needed: Capability, what: str) -> None:
+        """Fail early (as n/a) when the model cannot do what the task needs: before any data is read, from the
+        wrapper class alone; once built, from the instance (a checkpoint may lack a head the class offers)."""
+        if self._model is not None:
+            self._model.require(needed, what)
+            return
+        check_capabilities(self.model_cfg.name, wrapper_class(self.model_cfg).capabilities, needed, what)
 
     @property
     def model_loaded(self) -> bool:

@@ -53,6 +53,7 @@ def _embed(k: int):
 
 def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     params = task.retrieval
+    ctx.require(Capability.CONTRASTIVE, "zero-shot retrieval")
     reader = open_reader(task, ctx.data_root)
     model = ctx.model()
     model.require(Capability.CONTRASTIVE, "zero-shot retrieval")
