@@ -15,6 +15,7 @@ __all__ = ["READERS", "IndexedStream", "Reader", "Record", "dataset_root", "deco
 READERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.webdataset:WdsRetrievalReader",
     "karpathy": "mmbench.data.karpathy:KarpathyReader",
+    "glue": "mmbench.data.glue:GlueReader",
 }
 
 

@@ -26,6 +26,7 @@ DEFAULT_SEED = 0
 WRITERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.synthetic.retrieval:write_wds_retrieval",
     "karpathy": "mmbench.data.synthetic.retrieval:write_karpathy",
+    "glue": "mmbench.data.synthetic.glue:write_glue",
 }
 
 
