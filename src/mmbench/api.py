@@ -117,6 +117,7 @@ def evaluate(
                 seed=seed,
                 cache_dir=cache,
                 artifact_dir=store.result_path(output, mcfg.name, tcfg.name).parent,
+                run_key=chash,
             )
             result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)
             if is_zero:

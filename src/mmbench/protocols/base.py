@@ -30,6 +30,7 @@ class RunContext:
     seed: int = 0
     cache_dir: Path = Path("~/.cache/mmbench").expanduser()
     artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
+    run_key: str | None = None  # the result's config hash: names resumable state (fine-tuning checkpoints)
     _model: ModelWrapper | None = field(default=None, repr=False)
 
     def model(self, fresh: bool = False) -> ModelWrapper:
