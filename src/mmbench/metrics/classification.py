@@ -1,42 +1,47 @@
 """Fine-tuning metrics for GLUE, SNLI-VE and Hateful Memes: pure functions over the gathered predictions.
 
 Each is computed once, from every prediction of a split gathered by sample index (`mmbench.lit.predict`), so a
-multi-process run gives exactly the single-process number. torchmetrics provides the arithmetic; this module fixes
-the conventions the GLUE / FLAVA numbers use, and tests/test_finetune_metrics.py checks each against scikit-learn
-or scipy:
+multi-process run gives exactly the single-process number. torchmetrics provides the arithmetic (the confusion
+matrix as exact counts, from which accuracy, F1 and MCC are exact float64 ratios rather than torchmetrics'
+float32 ones; AUROC; the correlations); this module fixes the conventions the GLUE / FLAVA numbers use, and
+tests/test_finetune_metrics.py checks each against scikit-learn or scipy:
 
 - `f1`: binary F1 of the positive class 1 (MRPC "equivalent", QQP "duplicate"), as GLUE reports it.
 - `acc_f1_mean`: the mean of accuracy and F1, the single MRPC / QQP number of the FLAVA paper's Table 4.
 - `mcc`: Matthews correlation (CoLA); 0 when a confusion-matrix margin is empty (scikit-learn's convention).
-- `pearson` / `spearman`: STS-B; computed in float64; 0 when either side is constant (no association measurable
-  rather than NaN, which would poison the NLP average; the same convention as `mcc`).
+- `pearson` / `spearman`: STS-B (Pearson in float64; torchmetrics ranks Spearman in float32); 0 when either side
+  is constant (no association measurable rather than NaN, which would poison the NLP average; as for `mcc`).
 - `roc_auc`: Hateful Memes, from the softmax probability of class 1; NaN when the labels hold one class only
   (undefined; the protocol turns that into an error naming the split).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import Tensor
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_f1_score,
-    binary_matthews_corrcoef,
-    multiclass_accuracy,
-    multiclass_matthews_corrcoef,
-)
+from torchmetrics.functional.classification import binary_auroc, multiclass_confusion_matrix
 from torchmetrics.functional.regression import pearson_corrcoef, spearman_corrcoef
+
+
+def confusion(logits: Tensor, target: Tensor) -> list[list[int]]:
+    """C[true][predicted] counts of the argmax predictions (torchmetrics' confusion matrix, as exact integers)."""
+    c = logits.shape[-1]
+    return multiclass_confusion_matrix(logits.argmax(-1), target, num_classes=c).tolist()
 
 
 def accuracy(logits: Tensor, target: Tensor) -> float:
     """logits (N, C), target (N,) class ids -> fraction of argmax predictions equal to the target."""
-    return float(multiclass_accuracy(logits.argmax(-1), target, num_classes=logits.shape[-1], average="micro"))
+    m = confusion(logits, target)
+    return sum(m[i][i] for i in range(len(m))) / max(1, sum(map(sum, m)))
 
 
 def f1(logits: Tensor, target: Tensor) -> float:
     """Binary F1 of the positive class 1; 0 when there is no true positive."""
-    return float(binary_f1_score(logits.argmax(-1), target))
+    m = confusion(logits, target)
+    tp, fp, fn = m[1][1], sum(r[1] for r in m) - m[1][1], sum(m[1]) - m[1][1]
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 def acc_f1_mean(logits: Tensor, target: Tensor) -> float:
@@ -44,10 +49,13 @@ def acc_f1_mean(logits: Tensor, target: Tensor) -> float:
 
 
 def mcc(logits: Tensor, target: Tensor) -> float:
-    pred = logits.argmax(-1)
-    if logits.shape[-1] == 2:
-        return float(binary_matthews_corrcoef(pred, target))
-    return float(multiclass_matthews_corrcoef(pred, target, num_classes=logits.shape[-1]))
+    """Matthews correlation from the confusion matrix (multiclass form; the binary one for 2 classes)."""
+    m = confusion(logits, target)
+    n, correct = sum(map(sum, m)), sum(m[i][i] for i in range(len(m)))
+    true, pred = [sum(r) for r in m], [sum(col) for col in zip(*m)]
+    cov_tp = correct * n - sum(t * p for t, p in zip(true, pred))
+    cov_pp, cov_tt = n * n - sum(p * p for p in pred), n * n - sum(t * t for t in true)
+    return cov_tp / math.sqrt(cov_tt * cov_pp) if cov_tt and cov_pp else 0.0
 
 
 def roc_auc(logits: Tensor, target: Tensor) -> float:
