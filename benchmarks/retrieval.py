@@ -62,8 +62,10 @@ def bench_recall(n_img: int, per: int, dim: int, chunk: int) -> None:
     print(f"    {'path':<10} {'wall s':>8} {'peak extra MB':>14}")
     print(f"    {'chunked':<10} {tc:>8.2f} {mc:>14.0f}")
     print(f"    {'full':<10} {tf:>8.2f} {mf:>14.0f}")
-    print(f"    chunked/full: time x{tc / tf:.2f}, memory x{mc / mf:.3f}; identical recalls: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in oc.items()))
+    print(
+        f"    chunked/full: time x{tc / tf:.2f}, memory x{mc / mf:.3f}; identical recalls: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in oc.items())
+    )
 
 
 def bench_end_to_end(n_images: int, batch: int, repeats: int) -> None:
@@ -82,9 +84,15 @@ def bench_end_to_end(n_images: int, batch: int, repeats: int) -> None:
         root = synthetic.write(task, Path(tmp) / "flickr30k", n=n_images, seed=0)
 
         def ours() -> dict:
-            ctx = RunContext(model_cfg=model.cfg, data_root=root, data_source="synthetic", model_factory=None,
-                             trainer=TrainerOptions(accelerator="cpu", progress=False), batch_size=batch,
-                             num_workers=0)
+            ctx = RunContext(
+                model_cfg=model.cfg,
+                data_root=root,
+                data_source="synthetic",
+                model_factory=None,
+                trainer=TrainerOptions(accelerator="cpu", progress=False),
+                batch_size=batch,
+                num_workers=0,
+            )
             ctx._model = model
             return run(task, ctx).metrics
 
