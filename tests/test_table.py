@@ -308,9 +308,11 @@ def test_csv_holds_the_same_cells_as_the_markdown(results_dir):
 
 
 def test_committed_leaderboard_is_a_fresh_render(tmp_path):
-    # Committed reference runs live in results/runs; local demo runs in results/synthetic are not part of the repo.
+    # The committed runs (real ones in results/runs, the tiny presets' synthetic ones in results/synthetic/runs),
+    # copied so that nothing else lying in a working tree's results/ can leak in.
     results = tmp_path / "results"
     results.mkdir()
-    if (REPO / "results" / "runs").is_dir():
-        shutil.copytree(REPO / "results" / "runs", results / "runs")
+    for sub in ("runs", "synthetic/runs"):
+        if (REPO / "results" / sub).is_dir():
+            shutil.copytree(REPO / "results" / sub, results / sub)
     assert check(render(results, REPORTED), REPO / "results" / "LEADERBOARD.md") == []
