@@ -16,7 +16,6 @@ import platform
 import resource
 import subprocess
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,7 +85,6 @@ def evaluate(
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    _quiet_lightning()
 
     results = []
     total = len(model_cfgs) * len(task_cfgs)
@@ -253,14 +251,3 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
-
-
-def _quiet_lightning() -> None:
-    """Lightning's banner lines and tips say nothing about the numbers; keep warnings and errors."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", message=".*predict returned None.*")
-    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")

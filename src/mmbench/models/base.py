@@ -155,7 +155,7 @@ def hf_loading(cfg: ModelConfig, what: str = "checkpoint") -> Iterator[None]:
     """Turn transformers/huggingface_hub load failures into one line naming the checkpoint and how to get it."""
     try:
         yield
-    except (OSError, ValueError) as e:
+    except OSError as e:  # transformers/huggingface_hub report a missing or unreachable file as OSError
         ckpt = cfg.checkpoint
         if ckpt and not is_local_path(ckpt):
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
