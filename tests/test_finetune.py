@@ -243,7 +243,7 @@ def test_killed_run_resumes_to_the_same_result_and_two_processes_evaluate_it_exa
     w_res = torch.load(last.parent / "best.pt", weights_only=True)
     assert w_ref.keys() == w_res.keys() and all(torch.equal(w_ref[k], w_res[k]) for k in w_ref)
 
-    # Two processes (gloo) evaluate the finished run on 301 samples (151 + 150): exactly the single-process numbers.
+    # Two processes (gloo) evaluate the finished run on 301 samples (160 + 141): exactly the single-process numbers.
     cmd = _cli("--task", "stsb", "--data", "synthetic", "--cache-dir", str(tmp_path / "c1"), *set_args)
     cmd += ["--accelerator", "cpu", "--devices", "2", "--redo", "--output", str(tmp_path / "o3")]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -251,3 +251,5 @@ def test_killed_run_resumes_to_the_same_result_and_two_processes_evaluate_it_exa
     two = read(result_path(tmp_path / "o3", "flava-tiny", "stsb"))
     assert two.provenance["device"] == "cpu x2" and two.config_hash == ref.config_hash
     assert two.metrics == ref.metrics and two.n_samples == ref.n_samples == 301
+    assert two.details["samples_per_rank"] == {"validation": [160, 141]}  # blocks of 32: 5 and 4 + 13 samples
+    assert ref.details["samples_per_rank"] == {"validation": [301]}

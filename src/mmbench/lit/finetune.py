@@ -86,6 +86,7 @@ class FinetuneModule(L.LightningModule):
         self.val_metrics: dict[str, float] = {}
         self.outputs: dict[str, Tensor] = {}  # the last predict pass, gathered
         self.extras: dict[int, Any] = {}
+        self.samples_per_rank: list[int] = []  # of the last gather (provenance for multi-process runs)
         self._chunks: list[dict[str, Tensor]] = []
         self._extras: list[tuple[int, Any]] = []
 
@@ -123,7 +124,7 @@ class FinetuneModule(L.LightningModule):
             self._extras.extend(zip(batch["index"].tolist(), batch["extras"]))
 
     def _gather(self) -> tuple[dict[str, Tensor], dict[int, Any]]:
-        gathered = gather_indexed(self, self._chunks)
+        gathered = gather_indexed(self, self._chunks, self.samples_per_rank)
         extras = gather_objects(self, self._extras) if self.kind == "vqa" else {}  # every rank calls, or none
         self._chunks, self._extras = [], []
         return gathered, extras

@@ -175,7 +175,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         trainer = _fit(r, data, callback, accumulate, resume=state is not None)
         summary = {"resumed_from": callback.resumed_from, **callback.state_dict()}
     selected = run_folder.load_best(module, folder)
-    metrics, counts = _evaluate_splits(r, trainer, evals)
+    metrics, counts, per_rank = _evaluate_splits(r, trainer, evals)
 
     details = {
         "format": reader.format,
@@ -189,6 +189,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         "batch": {"effective": p.batch_size, "device": micro, "devices": world, "accumulate": accumulate},
         "n_train": len(table),
         "n_eval": counts,
+        "samples_per_rank": per_rank,
         "frozen_params": len(frozen),
         "unused_params_frozen": len(unused),
         "finetune": to_dict(p),
@@ -238,10 +239,12 @@ def _fit(r: _Run, data: FinetuneData, callback: run_folder.RunFolder, accumulate
 
 def _evaluate_splits(
     r: _Run, trainer: Any, evals: dict[str, tuple[str, list[str]]]
-) -> tuple[dict[str, float], dict[str, int]]:
-    """The selected weights on `data.split` and every `eval_splits` entry, gathered by index, scored once."""
+) -> tuple[dict[str, float], dict[str, int], dict[str, list[int]]]:
+    """The selected weights on `data.split` and every `eval_splits` entry, gathered by index, scored once.
+    Returns the metrics, the samples per split and how each split's samples were shared among the ranks."""
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
+    per_rank: dict[str, list[int]] = {}
     module = r.module
     for suffix, (split, names) in evals.items():
         module.evaluate = _evaluator(r.p, names, r.vocab, split)
@@ -253,9 +256,10 @@ def _evaluate_splits(
         _check_defined(r.task, split, scores)
         metrics.update({f"{k}_{suffix}" if suffix else k: v for k, v in scores.items()})
         counts[split] = len(module.outputs["index"])
+        per_rank[split] = list(module.samples_per_rank)
         if r.p.head == "vqa" and not suffix and r.ctx.artifact_dir is not None and trainer.is_global_zero:
             _write_submission(r.ctx, r.task, module, r.vocab)
-    return metrics, counts
+    return metrics, counts, per_rank
 
 
 def _require_labels(reader: Any, split: str, head: str) -> None:
