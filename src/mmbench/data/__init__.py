@@ -15,6 +15,8 @@ __all__ = ["READERS", "IndexedStream", "Reader", "Record", "dataset_root", "deco
 READERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.webdataset:WdsRetrievalReader",
     "karpathy": "mmbench.data.karpathy:KarpathyReader",
+    "wds_classification": "mmbench.data.webdataset:WdsClassificationReader",
+    "image_folder": "mmbench.data.image_folder:ImageFolderReader",
 }
 
 
