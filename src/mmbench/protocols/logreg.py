@@ -13,7 +13,8 @@ objective falls below `tol` (scikit-learn passes its `tol` to L-BFGS-B as `gtol`
 Precision: float32. The features are float32 already, the objective is evaluated to ~1e-7 relative, three orders
 below the stopping tolerance, and the argmax decisions that accuracy counts do not move at that level; float64 would
 halve CPU throughput and cost 2-64x on GPUs. Losses are summed per chunk in float64 on the host.
-Memory: logits are formed `chunk_rows` rows at a time, so ImageNet-sized problems (1.28M x 1000) fit on one GPU.
+Memory: one standardised copy of the features per fit, and logits formed `chunk_rows` rows at a time, so
+ImageNet-sized problems (1.28M x 1024 features, 1000 classes) fit on one GPU.
 """
 
 from __future__ import annotations
@@ -58,16 +59,13 @@ class LogRegFit:
         return self.logits(x).argmax(dim=1)  # (N,)
 
 
-def _objective(
-    x: Tensor, y: Tensor, v: Tensor, c: Tensor, mu: Tensor, scale: float, l2: float, chunk_rows: int
-) -> tuple[float, Tensor, Tensor]:
-    """Scaled objective and its gradient in the standardised parameters, by hand: no autograd graph, one pass
-    over the rows in chunks. logits = ((x - mu) / scale) @ v + c, penalty (l2 / 2) ||v / scale||^2."""
-    n = x.shape[0]
+def _objective(z: Tensor, y: Tensor, v: Tensor, c: Tensor, l2: float, chunk_rows: int) -> tuple[float, Tensor, Tensor]:
+    """The scaled objective and its gradient over standardised features z, by hand (no autograd graph), in row
+    chunks: logits = z @ v + c, penalty (l2 / 2) ||v||^2 with `l2` already rescaled to these coordinates."""
+    n = z.shape[0]
     grad_v, grad_c = torch.zeros_like(v), torch.zeros_like(c)
     total = 0.0
-    for xc, yc in zip(x.split(chunk_rows), y.split(chunk_rows)):
-        zc = (xc - mu).div_(scale)  # (c, D) standardised chunk
+    for zc, yc in zip(z.split(chunk_rows), y.split(chunk_rows)):
         logits = torch.addmm(c, zc, v)  # (c, K)
         lse = torch.logsumexp(logits, dim=1)  # (c,)
         total += float((lse - logits.gather(1, yc[:, None]).squeeze(1)).sum(dtype=torch.float64))
@@ -75,9 +73,9 @@ def _objective(
         probs[torch.arange(len(yc), device=yc.device), yc] -= 1.0  # dCE/dlogits
         grad_v.addmm_(zc.T, probs)
         grad_c += probs.sum(dim=0)
-    grad_v.div_(n).add_(v, alpha=l2 / (n * scale**2))
+    grad_v.div_(n).add_(v, alpha=l2 / n)
     grad_c.div_(n)
-    loss = total / n + 0.5 * l2 / (n * scale**2) * float(v.pow(2).sum(dtype=torch.float64))
+    loss = total / n + 0.5 * l2 / n * float(v.pow(2).sum(dtype=torch.float64))
     return loss, grad_v, grad_c
 
 
@@ -116,10 +114,27 @@ def fit_logreg(
     rescales W and lambda), but far better conditioned: pooled features often sit far from the origin with a
     small spread, where plain L-BFGS stalls. The stopping test in those coordinates implies max |gradient| <= tol
     in the original ones, so a fit is never less converged than scikit-learn's at the same `tol`."""
-    y = y.to(x.device, torch.long)
+    with _threads_for(x.shape[0] * x.shape[1] * num_classes, x.device):
+        return _fit(x, y.to(x.device, torch.long), num_classes, l2, init, max_iter, tol, history_size, chunk_rows)
+
+
+def _fit(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    l2: float,
+    init: LogRegFit | None,
+    max_iter: int,
+    tol: float,
+    history_size: int,
+    chunk_rows: int,
+) -> LogRegFit:
     mu = x.mean(dim=0)  # (D,)
-    scale = float((x - mu).pow(2).mean().sqrt()) if len(x) > 1 else 1.0
+    z = x - mu  # (N, D): one copy per fit, so that no evaluation pays for centring again
+    scale = float(z.pow(2).mean().sqrt()) if len(x) > 1 else 1.0
     scale = scale if scale > 0 else 1.0
+    z.div_(scale)
+    l2_z = l2 / scale**2  # (l2 / 2) ||W||^2 = (l2 / scale^2 / 2) ||v||^2 with v = scale * W
     if init is not None:  # the same model in this fit's coordinates
         w0 = init.weight.detach().to(x)
         v = (w0 * scale).contiguous()
@@ -138,13 +153,12 @@ def fit_logreg(
     )
 
     def closure() -> Tensor:
-        loss, v.grad, c.grad = _objective(x, y, v, c, mu, scale, l2, chunk_rows)
+        loss, v.grad, c.grad = _objective(z, y, v, c, l2_z, chunk_rows)
         return torch.tensor(loss, dtype=torch.float64)  # the line search compares losses: keep every digit
 
-    with _threads_for(x.shape[0] * x.shape[1] * num_classes, x.device):
-        opt.step(closure)
-        n_iter = int(opt.state[v].get("n_iter", 0))
-        loss, gv, gc = _objective(x, y, v, c, mu, scale, l2, chunk_rows)
+    opt.step(closure)
+    n_iter = int(opt.state[v].get("n_iter", 0))
+    loss, gv, gc = _objective(z, y, v, c, l2_z, chunk_rows)
     # W = v / scale, so dL/dW = scale * dL/dv; the bias gradient is the same in both (centring moves only the
     # W-gradient, by center * dL/db, which vanishes at the solution)
     grad_max = max(float(gv.abs().max()) * scale, float(gc.abs().max()))
