@@ -17,7 +17,7 @@ from mmbench.metrics.classification import METRICS, mean_per_class, top1
 from mmbench.models.base import Capability
 from mmbench.protocols.base import ProtocolOutput, RunContext
 from mmbench.protocols.features import SplitFeatures, load_or_extract
-from mmbench.protocols.logreg import fit_logreg, sweep_l2
+from mmbench.protocols.logreg import LogRegFit, fit_logreg, sweep_l2
 from mmbench.schema import TaskConfig
 
 
@@ -81,7 +81,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     x_val, y_val = val.features.to(device), val.labels
     select = METRICS[task.primary]
 
-    def evaluate(l2: float, warm):
+    def evaluate(l2: float, warm: LogRegFit | None) -> tuple[float, LogRegFit]:
         fit = fit_logreg(x_train, y_train, k, l2, init=warm, max_iter=params.max_iter, tol=params.tol)
         return select(fit.predict(x_val).cpu(), y_val), fit
 
