@@ -171,17 +171,24 @@ def test_every_key_part_misses_and_nothing_else_does(registry, flowers, tmp_path
     assert task.name == "flowers102"
 
 
-def test_corrupt_image_fails_with_shard_and_key_and_leaves_no_partial_entry(registry, flowers, tmp_path):
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"webp": b"\x00garbage"}, r"flowers102/test/1\.tar:s0000020\.webp: cannot decode image"),
+        ({"cls": b"99"}, r"flowers102/test/1\.tar:s0000020: label 99 is outside the 6 classes of classnames\.txt"),
+    ],
+)
+def test_bad_sample_fails_with_shard_and_key_and_leaves_no_partial_entry(registry, flowers, tmp_path, bad, message):
     root = shutil.copytree(flowers, tmp_path / "flowers102")
     with tarfile.open(flowers / "test" / "1.tar") as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     with wds.TarWriter(str(root / "test" / "1.tar")) as sink:
         for i in range(16, 31):
-            webp = b"\x00garbage" if i == 20 else members[f"s{i:07d}.webp"]
-            sink.write({"__key__": f"s{i:07d}", "webp": webp, "cls": members[f"s{i:07d}.cls"]})
+            sample = {"__key__": f"s{i:07d}", "webp": members[f"s{i:07d}.webp"], "cls": members[f"s{i:07d}.cls"]}
+            sink.write({**sample, **(bad if i == 20 else {})})
     cache = tmp_path / "cache"
     ctx = _ctx(registry, root, cache, factory=lambda cfg, fresh=False: build_model(cfg))
-    with pytest.raises(DataError, match=r"flowers102/test/1\.tar:s0000020\.webp: cannot decode image") as err:
+    with pytest.raises(DataError, match=message) as err:
         linear_probe.run(registry.task("flowers102"), ctx)
     assert "\n" not in str(err.value)
     entries = sorted((cache / "features").rglob("*"))
