@@ -12,7 +12,9 @@ objective falls below `tol` (scikit-learn passes its `tol` to L-BFGS-B as `gtol`
 
 Precision: float32. The features are float32 already, the objective is evaluated to ~1e-7 relative, three orders
 below the stopping tolerance, and the argmax decisions that accuracy counts do not move at that level; float64 would
-halve CPU throughput and cost 2-64x on GPUs. Losses are summed per chunk in float64 on the host.
+halve CPU throughput and cost 2-64x on GPUs. Losses are summed per chunk in float64 on the host and handed to the
+line search in float64 (a float32 loss stalls it near the optimum). The solver follows the features' dtype: the
+protocol passes float32; `tests/test_logreg.py` solves in float64 to pin the C = 1/lambda mapping to 1e-4.
 Memory: one standardised copy of the features per fit, and logits formed `chunk_rows` rows at a time, so
 ImageNet-sized problems (1.28M x 1024 features, 1000 classes) fit on one GPU.
 """
