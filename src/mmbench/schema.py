@@ -79,6 +79,8 @@ class LinearProbeParams:
     l2_min: float = 1e-6
     l2_max: float = 1e6
     steps_per_decade: int = 8  # the sweep refines down to this many steps per decade
+    tol: float = 1e-4  # L-BFGS stops at this max |gradient| of the per-sample objective (sklearn's default tol)
+    num_classes: int | None = None  # the real dataset's class count, checked against its classnames.txt
 
 
 @dataclass

@@ -16,6 +16,8 @@ READERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.webdataset:WdsRetrievalReader",
     "karpathy": "mmbench.data.karpathy:KarpathyReader",
     "glue": "mmbench.data.glue:GlueReader",
+    "wds_classification": "mmbench.data.webdataset:WdsClassificationReader",
+    "image_folder": "mmbench.data.image_folder:ImageFolderReader",
 }
 
 
