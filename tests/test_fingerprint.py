@@ -11,7 +11,8 @@ import huggingface_hub.constants
 import pytest
 
 from mmbench.models.beit3_checkpoint import resolve_file
-from mmbench.models.fingerprint import checkpoint_download_dir, weights_fingerprint
+from mmbench.models.fingerprint import weights_fingerprint
+from mmbench.paths import checkpoint_download_dir
 
 
 def test_random_init_presets_are_named_by_what_seeds_them(registry):

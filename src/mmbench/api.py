@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mmbench import __version__
+from mmbench import __version__, paths
 from mmbench.config import Registry, config_hash, parse_overrides, resolved_task_dict, to_dict
 from mmbench.errors import CapabilityError, ConfigError
 from mmbench.lit.trainer import TrainerOptions
@@ -40,7 +40,7 @@ def default_output(data: str) -> Path:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MMBENCH_CACHE", "~/.cache/mmbench")).expanduser()
+    return paths.cache_dir()
 
 
 def evaluate(
@@ -84,7 +84,9 @@ def evaluate(
     model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if cache_dir:  # through the environment, so checkpoint downloads and DDP child processes use it too
+        os.environ["MMBENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
+    cache = paths.cache_dir()
 
     results = []
     total = len(model_cfgs) * len(task_cfgs)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
+from mmbench import paths
 from mmbench.data.base import IndexedStream, Reader, Record, decode_image
 from mmbench.errors import ConfigError, DataError
 from mmbench.schema import TaskConfig
@@ -36,8 +36,7 @@ def dataset_root(task: TaskConfig, data_root: str | Path | None = None) -> Path:
         return Path(data_root).expanduser() / dirname
     if task.data.root:
         return Path(task.data.root).expanduser()
-    base = os.environ.get("MMBENCH_DATA", "~/.cache/mmbench/data")
-    return Path(base).expanduser() / dirname
+    return paths.data_dir() / dirname
 
 
 def open_reader(task: TaskConfig, root: Path) -> Reader:

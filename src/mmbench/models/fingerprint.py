@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from mmbench.paths import checkpoint_download_dir
 from mmbench.schema import ModelConfig
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -68,11 +69,6 @@ def source_identity(source: str, revision: str | None, memo_dir: Path | None = N
     if source.startswith((".", "/", "~")) or path.exists():
         return content_digest(path, memo_dir) if path.exists() else None
     return hub_commit(source, revision)
-
-
-def checkpoint_download_dir() -> Path:
-    """Where release-URL checkpoints are downloaded (`beit3_checkpoint.resolve_file`; a test keeps them agreeing)."""
-    return Path(os.environ.get("MMBENCH_CACHE") or "~/.cache/mmbench").expanduser() / "checkpoints"
 
 
 def hub_commit(repo_id: str, revision: str | None) -> str | None:

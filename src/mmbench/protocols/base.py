@@ -14,6 +14,7 @@ from typing import Any
 from mmbench.lit.trainer import TrainerOptions
 from mmbench.models import wrapper_class
 from mmbench.models.base import Capability, ModelWrapper, check_capabilities
+from mmbench.paths import cache_dir
 from mmbench.schema import ModelConfig
 
 
@@ -28,7 +29,7 @@ class RunContext:
     batch_size: int | None = None  # per-device batch size; None = the task's
     num_workers: int = 2
     seed: int = 0
-    cache_dir: Path = Path("~/.cache/mmbench").expanduser()
+    cache_dir: Path = field(default_factory=cache_dir)
     artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
     run_key: str | None = None  # the result's config hash: names resumable state (fine-tuning checkpoints)
     _model: ModelWrapper | None = field(default=None, repr=False)
