@@ -44,7 +44,8 @@ def test_run_writes_a_complete_result_that_a_hand_computation_reproduces(registr
     prov = res.provenance
     for key in ("mmbench", "torch", "transformers", "lightning", "git_commit", "seed", "device", "wall_seconds"):
         assert key in prov
-    assert prov["peak_rss_mb"] > 0 and res.details == {"n_images": 25, "n_texts": 125, "format": "wds_retrieval"}
+    assert prov["peak_rss_mb"] > 0
+    assert res.details == {"n_images": 25, "n_texts": 125, "format": "wds_retrieval", "samples_per_rank": [25]}
     assert "clip-tiny  flickr30k" in capsys.readouterr().out  # the closing summary table
 
     # The same numbers computed by hand: no Lightning, no loader, full similarity matrix, brute-force ranks.
@@ -156,7 +157,8 @@ def test_a_failing_task_keeps_results_already_written(tmp_path, flickr25, capsys
 
 
 def test_two_process_ddp_equals_single_process(tmp_path, flickr25):
-    """2 CPU processes (gloo) on 25 samples: rank 0 gets 13, rank 1 gets 12; the gathered result is identical."""
+    """2 CPU processes (gloo) on 25 samples in blocks of 4: rank 0 gets blocks 0,2,4,6 (13 samples), rank 1 gets
+    blocks 1,3,5 (12); the gathered result is identical to one process's."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = [
         sys.executable,
@@ -174,6 +176,8 @@ def test_two_process_ddp_equals_single_process(tmp_path, flickr25):
         "0",
         "--accelerator",
         "cpu",
+        "--batch-size",
+        "4",
     ]
     for devices in ("1", "2"):
         proc = subprocess.run(
@@ -189,3 +193,49 @@ def test_two_process_ddp_equals_single_process(tmp_path, flickr25):
     assert two["provenance"]["device"] == "cpu x2" and one["provenance"]["device"] == "cpu x1"
     assert two["metrics"] == one["metrics"] and two["n_samples"] == one["n_samples"] == 25
     assert two["config_hash"] == one["config_hash"]
+    assert one["details"]["samples_per_rank"] == [25] and two["details"]["samples_per_rank"] == [13, 12]
+
+
+def test_a_missing_capability_is_recorded_as_na_before_any_data_is_read(tmp_path):
+    """flamingo-tiny has no contrastive space: retrieval is n/a with its reason, even where no dataset exists."""
+    rc = _run(
+        "--model",
+        "flamingo-tiny",
+        "--task",
+        "flickr30k",
+        "--data-root",
+        str(tmp_path / "none"),
+        "--output",
+        str(tmp_path),
+    )
+    assert rc == 0
+    res = read(result_path(tmp_path, "flamingo-tiny", "flickr30k"))
+    assert res.status == "n/a" and res.scores == {} and "no CONTRASTIVE capability" in res.reason
+
+
+def test_real_preset_without_data_or_network_names_what_is_missing(tmp_path, capsys):
+    """The real `flava` preset, no dataset and HF_HUB_OFFLINE: first the data, then (given data) the checkpoint."""
+    assert _run("--model", "flava", "--task", "flickr30k", "--data-root", str(tmp_path / "none")) == 2
+    err = capsys.readouterr().err
+    assert "dataset not found at" in err and f"{tmp_path}/none/flickr30k/test/nshards.txt" in err
+    assert (
+        _run(
+            "--model", "flava", "--task", "flickr30k", "--data", "synthetic", "--limit", "5", "--output", str(tmp_path)
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "'facebook/flava-full' is not in the local Hugging Face cache" in err and "Traceback" not in err
+    assert not result_path(tmp_path, "flava", "flickr30k").exists()
+
+
+def test_list_and_data_synth_commands(tmp_path, capsys):
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "flava-tiny" in out and "facebook/flava-full" in out and "[random weights]" in out
+    assert main(["list", "groups"]) == 0 and "retrieval" in capsys.readouterr().out
+    assert (
+        main(["data", "synth", "--task", "coco", "--out", str(tmp_path / "c"), "--n", "5", "--format", "karpathy"]) == 0
+    )
+    assert json.loads((tmp_path / "c" / "SYNTHETIC.json").read_text())["format"] == "karpathy"
+    assert main(["data", "synth", "--task", "coco", "--out", str(tmp_path / "d"), "--format", "parquet"]) == 2

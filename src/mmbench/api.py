@@ -16,13 +16,12 @@ import platform
 import resource
 import subprocess
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mmbench import __version__
+from mmbench import __version__, paths
 from mmbench.config import Registry, config_hash, parse_overrides, resolved_task_dict, to_dict
 from mmbench.errors import CapabilityError, ConfigError
 from mmbench.lit.trainer import TrainerOptions
@@ -41,7 +40,7 @@ def default_output(data: str) -> Path:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MMBENCH_CACHE", "~/.cache/mmbench")).expanduser()
+    return paths.cache_dir()
 
 
 def evaluate(
@@ -85,8 +84,9 @@ def evaluate(
     model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    _quiet_lightning()
+    if cache_dir:  # through the environment, so checkpoint downloads and DDP child processes use it too
+        os.environ["MMBENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
+    cache = paths.cache_dir()
 
     results = []
     total = len(model_cfgs) * len(task_cfgs)
@@ -117,6 +117,7 @@ def evaluate(
                 seed=seed,
                 cache_dir=cache,
                 artifact_dir=store.result_path(output, mcfg.name, tcfg.name).parent,
+                run_key=chash,
             )
             result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)
             if is_zero:
@@ -252,14 +253,3 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
-
-
-def _quiet_lightning() -> None:
-    """Lightning's banner lines and tips say nothing about the numbers; keep warnings and errors."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", message=".*predict returned None.*")
-    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")

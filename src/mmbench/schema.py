@@ -79,6 +79,8 @@ class LinearProbeParams:
     l2_min: float = 1e-6
     l2_max: float = 1e6
     steps_per_decade: int = 8  # the sweep refines down to this many steps per decade
+    tol: float = 1e-4  # L-BFGS stops at this max |gradient| of the per-sample objective (sklearn's default tol)
+    num_classes: int | None = None  # the real dataset's class count, checked against its classnames.txt
 
 
 @dataclass
@@ -89,8 +91,12 @@ class FinetuneParams:
     input: str = "pair"  # text: text_features (GLUE) | pair: pair_features (image + text)
     num_labels: int = 2  # for head=vqa the answer vocabulary decides
     label_names: list[str] = field(default_factory=list)
-    head_hidden: int = 1536  # the paper's 2-layer MLP head; 0 = a single linear layer
+    head_hidden: int = 1536  # the paper's 2-layer MLP head; 0 = a single linear layer; -1 = the feature dim
     head_dropout: float = 0.1
+    # gelu: dropout -> Linear -> LayerNorm -> GELU -> Linear (the paper's multimodal MLP head);
+    # tanh: dropout -> Linear -> tanh -> dropout -> Linear (fairseq's RoBERTa classification head, GLUE)
+    head_activation: str = "gelu"
+    model_dropout: float | None = None  # p of every nn.Dropout in the wrapper (fairseq GLUE: 0.1); None = as built
     optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -107,6 +113,9 @@ class FinetuneParams:
     val_split: str | None = None  # split that selects the best checkpoint; None = data.split
     val_every_steps: int = 1000
     select_metric: str | None = None  # None = the task's primary metric
+    # more evaluation splits, metric suffix -> split: MNLI {mismatched: validation_mismatched} -> accuracy_mismatched
+    eval_splits: dict[str, str] = field(default_factory=dict)
+    grad_clip_norm: float = 0.0  # 0 = no clipping (neither recipe clips)
 
 
 @dataclass

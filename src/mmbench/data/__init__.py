@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
+from mmbench import paths
 from mmbench.data.base import IndexedStream, Reader, Record, decode_image
 from mmbench.errors import ConfigError, DataError
 from mmbench.schema import TaskConfig
@@ -15,6 +15,9 @@ __all__ = ["READERS", "IndexedStream", "Reader", "Record", "dataset_root", "deco
 READERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.webdataset:WdsRetrievalReader",
     "karpathy": "mmbench.data.karpathy:KarpathyReader",
+    "glue": "mmbench.data.glue:GlueReader",
+    "wds_classification": "mmbench.data.webdataset:WdsClassificationReader",
+    "image_folder": "mmbench.data.image_folder:ImageFolderReader",
     "vqa": "mmbench.data.vqa:VqaReader",
     "snli_ve": "mmbench.data.snli_ve:SnliVeReader",
     "hateful_memes": "mmbench.data.hateful_memes:HatefulMemesReader",
@@ -36,8 +39,7 @@ def dataset_root(task: TaskConfig, data_root: str | Path | None = None) -> Path:
         return Path(data_root).expanduser() / dirname
     if task.data.root:
         return Path(task.data.root).expanduser()
-    base = os.environ.get("MMBENCH_DATA", "~/.cache/mmbench/data")
-    return Path(base).expanduser() / dirname
+    return paths.data_dir() / dirname
 
 
 def open_reader(task: TaskConfig, root: Path) -> Reader:

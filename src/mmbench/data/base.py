@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +43,12 @@ class Reader:
     ) -> Iterator[Record]:
         """Records of `split` in a fixed order; only the first `limit`; only decode those whose index `keep`s."""
         raise NotImplementedError
+
+    def random_access(self, split: str, limit: int | None = None) -> Sequence[Record] | None:
+        """Optional: a sequence whose item i is record i, decoded on access (what fine-tuning draws shuffled
+        batches from; `samples` order and indices). None: the caller materialises `samples(split)` in memory,
+        which suits text-only and small datasets but not, say, VQAv2's 443k image questions."""
+        return None
 
 
 def decode_image(data: bytes | Path, where: str) -> Image.Image:

@@ -4,7 +4,8 @@
 <root>/<split>/{nshards.txt, 0.tar, 1.tar, ...}   <root>/dataset_type.txt (retrieval | multilabel | absent)
 ```
 Tar members are `<key>.<ext>` with key `s%07d`; the image is `webp`, `png`, `jpg` or `jpeg`; retrieval samples
-carry `txt` = captions joined by newlines. Nothing is extracted to disk.
+carry `txt` = captions joined by newlines; classification samples carry `cls` = the label as an ASCII integer, and
+`<root>/classnames.txt` lists the classes in label order (`dataset_type.txt` absent). Nothing is extracted to disk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mmbench.data.base import Reader, Record, decode_image
+from mmbench.data.classification import CLASSNAMES_FILE, file_digest, files_fingerprint, parse_label, read_classnames
 from mmbench.errors import DataError
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
@@ -53,6 +55,13 @@ class WdsReader(Reader):
             want = self.dataset_type or "absent (classification)"
             raise DataError(f"{kind_file}: dataset type is {kind or 'absent'!r}, but this task needs {want}")
         self.shards(split)
+
+    def fingerprint(self, split: str) -> str:
+        """Identity of the split's files for caches: shard names, sizes and mtimes, `nshards.txt` and the class
+        list by content (see `mmbench.data.classification`)."""
+        split_dir = self.root / split
+        extra = file_digest(split_dir / "nshards.txt") + file_digest(self.root / CLASSNAMES_FILE)
+        return files_fingerprint(self.shards(split), self.root, extra)
 
     def raw_samples(self, split: str, limit: int | None, keep: Callable[[int], bool] | None) -> Iterator[Record]:
         """(index, key, shard, raw members) in shard order; members are decoded only for kept indices."""
@@ -99,3 +108,31 @@ class WdsRetrievalReader(WdsReader):
             if not caps:
                 raise DataError(f"{where}.txt: no captions")
             yield {"index": rec["index"], "key": rec["key"], "image": self.image(rec), "captions": caps}
+
+
+class WdsClassificationReader(WdsReader):
+    """Image classification (`clip-benchmark/wds_vtab-cifar10`, `wds_imagenet1k`, ...): records
+    `{"index", "key", "image", "label"}`; a label outside `classnames.txt` is an error naming shard and key."""
+
+    format = "wds_classification"
+    dataset_type = None
+
+    def expected(self) -> str:
+        split = self.task.data.split
+        return (
+            f"{self.root}/{split}/nshards.txt, {self.root}/{split}/0.tar ... with <key>.webp (or png/jpg) + "
+            f"<key>.cls members, and {self.root}/{CLASSNAMES_FILE}"
+        )
+
+    def check(self, split: str) -> None:
+        super().check(split)
+        self.classnames()
+
+    def classnames(self) -> list[str]:
+        return read_classnames(self.root / CLASSNAMES_FILE)
+
+    def samples(self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None):
+        n_classes = len(self.classnames())
+        for rec in self.raw_samples(split, limit, keep):
+            label = parse_label(rec["raw"].get("cls"), f"{rec['shard']}:{rec['key']}", n_classes)
+            yield {"index": rec["index"], "key": rec["key"], "image": self.image(rec), "label": label}

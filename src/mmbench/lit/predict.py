@@ -25,6 +25,7 @@ class IndexedPredictor(L.LightningModule):
         self.fn = fn
         self._chunks: list[dict[str, Tensor]] = []
         self.outputs: dict[str, Tensor] = {}
+        self.samples_per_rank: list[int] = []
 
     def on_predict_epoch_start(self) -> None:
         self._chunks = []
@@ -35,16 +36,21 @@ class IndexedPredictor(L.LightningModule):
         self._chunks.append(out)
 
     def on_predict_epoch_end(self) -> None:
-        self.outputs = gather_indexed(self, self._chunks)
+        self.outputs = gather_indexed(self, self._chunks, self.samples_per_rank)
         self._chunks = []
 
 
-def gather_indexed(module: L.LightningModule, chunks: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Concatenate this rank's chunks, all-gather across ranks (ragged counts padded), sort by `index`, de-dup."""
+def gather_indexed(
+    module: L.LightningModule, chunks: list[dict[str, Tensor]], counts: list[int] | None = None
+) -> dict[str, Tensor]:
+    """Concatenate this rank's chunks, all-gather across ranks (ragged counts padded), sort by `index`, de-dup.
+    `counts`, if given, receives how many samples each rank contributed (provenance for multi-process runs)."""
     local = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
     world = module.trainer.world_size if module._trainer is not None else 1
+    if counts is not None:
+        counts[:] = [len(local.get("index", []))]
     if world > 1:
-        local = _all_gather_ragged(module, local)
+        local = _all_gather_ragged(module, local, counts)
     if not local:
         return {}
     order = torch.argsort(local["index"], stable=True)
@@ -54,11 +60,15 @@ def gather_indexed(module: L.LightningModule, chunks: list[dict[str, Tensor]]) -
     return {k: v[keep].cpu() for k, v in local.items()}
 
 
-def _all_gather_ragged(module: L.LightningModule, local: dict[str, Tensor]) -> dict[str, Tensor]:
+def _all_gather_ragged(
+    module: L.LightningModule, local: dict[str, Tensor], counts_out: list[int] | None = None
+) -> dict[str, Tensor]:
     # A rank may hold no samples at all; it still takes part in every collective with an empty-shaped template.
     # The shapes of an empty rank are unknown, so first agree on them via the rank that has the most rows.
     count = torch.tensor([len(local.get("index", []))], device=module.device)
     counts = module.all_gather(count).view(-1)  # (world,)
+    if counts_out is not None:
+        counts_out[:] = [int(c) for c in counts]
     max_n = int(counts.max())
     if max_n == 0:
         return {}
@@ -78,6 +88,8 @@ def _all_gather_ragged(module: L.LightningModule, local: dict[str, Tensor]) -> d
 
 
 def predict(trainer: L.Trainer, module: IndexedPredictor, datamodule: L.LightningDataModule) -> dict[str, Tensor]:
+    """Run the predict loop; the gathered outputs (identical on every rank). `module.samples_per_rank` tells how
+    the samples were shared."""
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     return module.outputs
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ class TrainerOptions:
 def make_trainer(opts: TrainerOptions, **overrides: Any) -> L.Trainer:
     """A Trainer with the suite's defaults: no logger, our own sample splitting (`use_distributed_sampler=False`,
     see `mmbench.data.IndexedStream`), DDP when more than one device (gloo on CPU, NCCL on GPU)."""
+    quiet_lightning()
     multi = opts.devices > 1 or opts.num_nodes > 1
     kwargs: dict[str, Any] = dict(
         accelerator=opts.accelerator,
@@ -37,3 +40,17 @@ def make_trainer(opts: TrainerOptions, **overrides: Any) -> L.Trainer:
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
+
+
+def quiet_lightning() -> None:
+    """Lightning's banner lines, tips and deprecation chatter say nothing about the numbers; keep real warnings."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (
+        ".*does not have many workers.*",
+        ".*GPU available but not used.*",
+        ".*predict returned None.*",
+        ".*all_gather is deprecated.*",
+        ".*isinstance.treespec, LeafSpec.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)

@@ -104,13 +104,17 @@ class ModelWrapper(nn.Module):
 
     def require(self, needed: Capability, what: str) -> None:
         """Raise `CapabilityError` (recorded as n/a) when the model lacks a capability `what` needs."""
-        lacking = needed & ~self.capabilities
-        if lacking:
-            names = "/".join(c.name for c in Capability if c and c in lacking and c.name)
-            raise CapabilityError(f"model {self.cfg.name!r} has no {names} capability, which {what} needs")
+        check_capabilities(self.cfg.name, self.capabilities, needed, what)
 
     def _missing(self, cap: Capability) -> CapabilityError:
         return CapabilityError(f"model {self.cfg.name!r} has no {cap.name} capability")
+
+
+def check_capabilities(model: str, have: Capability, needed: Capability, what: str) -> None:
+    lacking = needed & ~have
+    if lacking:
+        names = "/".join(c.name for c in Capability if c and c in lacking and c.name)
+        raise CapabilityError(f"model {model!r} has no {names} capability, which {what} needs")
 
 
 def _to_rgb(image: Any) -> Any:
@@ -151,7 +155,7 @@ def hf_loading(cfg: ModelConfig, what: str = "checkpoint") -> Iterator[None]:
     """Turn transformers/huggingface_hub load failures into one line naming the checkpoint and how to get it."""
     try:
         yield
-    except (OSError, ValueError) as e:
+    except OSError as e:  # transformers/huggingface_hub report a missing or unreachable file as OSError
         ckpt = cfg.checkpoint
         if ckpt and not is_local_path(ckpt):
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from mmbench.errors import CheckpointError
 from mmbench.models.beit3_layers import VISION_EXTRA_POSITIONS, interpolate_vision_positions
-from mmbench.models.beit3_tokenizer import cache_dir
+from mmbench.paths import checkpoint_download_dir
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def resolve_file(source: str, model: str, what: str, key: str) -> Path:
         if not path.is_file():
             raise CheckpointError(f"model {model!r}: {what} file {path} does not exist")
         return path
-    target = cache_dir() / "checkpoints" / Path(urlparse(source).path).name
+    target = checkpoint_download_dir() / Path(urlparse(source).path).name
     if target.is_file():
         return target
     how = (

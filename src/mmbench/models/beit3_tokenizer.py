@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mmbench.paths import cache_dir
+
 SPM_FILENAME = "sentencepiece.bpe.model"  # the file name XLMRobertaTokenizer.from_pretrained looks for
 
 # Trainer settings of the tiny model; part of its cache key. Unigram (as XLM-R's converter assumes) with the
@@ -31,11 +33,6 @@ _TINY_TRAINER = {
     "num_threads": 1,  # deterministic
     "minloglevel": 2,
 }
-
-
-def cache_dir() -> Path:
-    """Where mmbench keeps downloaded checkpoints and generated tokenizers: `$MMBENCH_CACHE` or ~/.cache/mmbench."""
-    return Path(os.environ.get("MMBENCH_CACHE") or "~/.cache/mmbench").expanduser()
 
 
 def tiny_corpus() -> list[str]:

@@ -1,7 +1,8 @@
 """Tokenizer loading, and the tiny tokenizers the random-weight presets build locally (no download).
 
 A preset's `tokenizer` is a hub id or local directory (loaded with `AutoTokenizer`), or one of the built-in tiny
-tokenizers in `BUILTIN` (WordPiece for FLAVA, byte-level BPE for CLIP, sentencepiece for BEiT-3).
+tokenizers in `BUILTIN` (WordPiece for FLAVA, byte-level BPE for CLIP, sentencepiece for BEiT-3,
+a GPT-style BPE with Flamingo's media tokens).
 The tiny vocabularies hold a few hundred whole words plus every single character, so no ordinary text ever maps
 to the unknown token (transformers 5 silently builds special-token-only tokenizers from the old `vocab_file=`
 keyword; tests assert this does not happen here).
@@ -96,6 +97,7 @@ BUILTIN: dict[str, str] = {
     "mmbench:tiny-wordpiece": "mmbench.models.tokenizers:tiny_wordpiece",  # FLAVA (BERT WordPiece)
     "mmbench:tiny-bpe": "mmbench.models.tokenizers:tiny_bpe",  # CLIP (byte-level BPE)
     "mmbench:tiny-sentencepiece": "mmbench.models.beit3_tokenizer:tiny_sentencepiece",  # BEiT-3 (XLM-R layout)
+    "mmbench:tiny-flamingo": "mmbench.models.flamingo:tiny_flamingo_tokenizer",  # causal LM + <image> tokens
 }
 
 

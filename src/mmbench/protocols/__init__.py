@@ -12,6 +12,8 @@ __all__ = ["PROTOCOLS", "ProtocolOutput", "RunContext", "get_protocol"]
 
 PROTOCOLS: dict[str, str] = {
     "retrieval": "mmbench.protocols.retrieval:run",
+    "finetune": "mmbench.protocols.finetune:run",
+    "linear_probe": "mmbench.protocols.linear_probe:run",
 }
 
 

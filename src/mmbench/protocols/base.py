@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mmbench.lit.trainer import TrainerOptions
-from mmbench.models.base import ModelWrapper
+from mmbench.models import wrapper_class
+from mmbench.models.base import Capability, ModelWrapper, check_capabilities
+from mmbench.paths import cache_dir
 from mmbench.schema import ModelConfig
 
 
@@ -27,8 +29,9 @@ class RunContext:
     batch_size: int | None = None  # per-device batch size; None = the task's
     num_workers: int = 2
     seed: int = 0
-    cache_dir: Path = Path("~/.cache/mmbench").expanduser()
+    cache_dir: Path = field(default_factory=cache_dir)
     artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
+    run_key: str | None = None  # the result's config hash: names resumable state (fine-tuning checkpoints)
     _model: ModelWrapper | None = field(default=None, repr=False)
 
     def model(self, fresh: bool = False) -> ModelWrapper:
@@ -39,6 +42,14 @@ class RunContext:
         if self._model is None:
             self._model = self.model_factory(self.model_cfg)
         return self._model
+
+    def require(self, needed: Capability, what: str) -> None:
+        """Fail early (as n/a) when the model cannot do what the task needs: before any data is read, from the
+        wrapper class alone; once built, from the instance (a checkpoint may lack a head the class offers)."""
+        if self._model is not None:
+            self._model.require(needed, what)
+            return
+        check_capabilities(self.model_cfg.name, wrapper_class(self.model_cfg).capabilities, needed, what)
 
     @property
     def model_loaded(self) -> bool:

@@ -53,6 +53,7 @@ def _embed(k: int):
 
 def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     params = task.retrieval
+    ctx.require(Capability.CONTRASTIVE, "zero-shot retrieval")
     reader = open_reader(task, ctx.data_root)
     model = ctx.model()
     model.require(Capability.CONTRASTIVE, "zero-shot retrieval")
@@ -65,7 +66,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     stream = IndexedStream(reader, task.data.split, to_item, ctx.batch_size or params.batch_size, limit=ctx.limit)
     data = StreamDataModule(stream, ctx.num_workers, _Collate(model, k))
     trainer = make_trainer(ctx.trainer)
-    out = predict(trainer, IndexedPredictor(model, _embed(k)), data)
+    predictor = IndexedPredictor(model, _embed(k))
+    out = predict(trainer, predictor, data)
     if not out:
         raise ValueError(f"task {task.name!r}: the {task.data.split!r} split of {ctx.data_root} has no samples")
 
@@ -74,5 +76,10 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     text_emb = out["text"][valid]  # (T, E), ordered by (image, caption)
     text_to_image = torch.arange(len(counts)).repeat_interleave(counts)  # (T,)
     metrics = recall_at_k(out["image"], text_emb, text_to_image, params.ks, params.chunk_size)
-    details = {"n_images": len(counts), "n_texts": int(counts.sum()), "format": reader.format}
+    details = {
+        "n_images": len(counts),
+        "n_texts": int(counts.sum()),
+        "format": reader.format,
+        "samples_per_rank": predictor.samples_per_rank,
+    }
     return ProtocolOutput(metrics, n_samples=len(counts), details=details, is_global_zero=trainer.is_global_zero)

@@ -7,6 +7,7 @@ so that importing this package stays cheap. The task's `data.synthetic` block pa
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -26,6 +27,9 @@ DEFAULT_SEED = 0
 WRITERS: dict[str, str] = {
     "wds_retrieval": "mmbench.data.synthetic.retrieval:write_wds_retrieval",
     "karpathy": "mmbench.data.synthetic.retrieval:write_karpathy",
+    "glue": "mmbench.data.synthetic.glue:write_glue",
+    "wds_classification": "mmbench.data.synthetic.classification:write_wds_classification",
+    "image_folder": "mmbench.data.synthetic.classification:write_image_folder",
     "vqa": "mmbench.data.synthetic.vqa:write_vqa",
     "snli_ve": "mmbench.data.synthetic.snli_ve:write_snli_ve",
     "hateful_memes": "mmbench.data.synthetic.hateful_memes:write_hateful_memes",
@@ -83,7 +87,10 @@ def is_synthetic(root: Path) -> bool:
 def ensure(task: TaskConfig, cache_dir: Path, fmt: str | None = None) -> Path:
     """The cached synthetic dataset for `task`, written on first use (what `run --data synthetic` reads)."""
     opts = synth_options(task, fmt)
-    key = f"{opts['format']}-v{SYNTH_VERSION}-n{opts['n']}-s{opts['seed']}"
+    # Every writer option is part of the folder name: editing a task's `data.synthetic` block (sizes, label kind)
+    # must regenerate the data, not silently reuse the old folder.
+    digest = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    key = f"{opts['format']}-v{SYNTH_VERSION}-n{opts['n']}-s{opts['seed']}-{digest}"
     root = Path(cache_dir) / "synthetic" / task.name / key
     if not (root / "SYNTHETIC.json").is_file():
         write(task, root, fmt)

@@ -1,0 +1,176 @@
+"""GLUE in the Hugging Face `nyu-mll/glue` parquet layout: `<root>/<config>/<split>-NNNNN-of-NNNNN.parquet`.
+
+Every config is one folder of the hub repo (`mnli/train-00000-of-00001.parquet`,
+`mnli/validation_matched-00000-of-00001.parquet`, `mnli/validation_mismatched-...`, `cola/validation-...`), so a
+local copy of the repo, or of a few of its folders, is the dataset root. Options (`data.options.glue`):
+
+- `config`: the folder (`mnli`, `cola`, ...); `columns`: the text column and, for pairs, the second one;
+- `label_range`: `[lo, hi]` for real-valued labels (STS-B: `[0, 5]`); otherwise labels are class ids
+  `0 .. finetune.num_labels - 1`;
+- `download` (default true): when the files are absent and the hub is reachable (HF_HUB_OFFLINE unset), fetch the
+  config's folder with `huggingface_hub.snapshot_download` into the root; offline the run stops with the
+  missing-dataset message.
+
+Records: `{"index", "key" (the `idx` column), "text", "text_pair", "image": None, "label"}`; GLUE's hidden test
+labels (-1) become `label=None`. A missing column, an unreadable file or a label outside the label set is one
+`DataError` naming the file, and the row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mmbench.data.base import Reader, Record
+from mmbench.errors import DataError
+from mmbench.schema import TaskConfig
+
+log = logging.getLogger("mmbench")
+HUB_REPO = "nyu-mll/glue"
+UNLABELLED = -1  # GLUE's test splits
+
+
+def hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return True
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+class GlueReader(Reader):
+    format = "glue"
+
+    @property
+    def config(self) -> str:
+        return str(self.options.get("config", self.task.name))
+
+    @property
+    def columns(self) -> list[str]:
+        cols = [str(c) for c in self.options.get("columns", ["sentence"])]
+        if not 1 <= len(cols) <= 2:
+            raise DataError(f"task {self.task.name!r}: data.options.glue.columns must name 1 or 2 text columns")
+        return cols
+
+    @property
+    def label_range(self) -> tuple[float, float] | None:
+        lr = self.options.get("label_range")
+        return (float(lr[0]), float(lr[1])) if lr is not None else None
+
+    def files(self, split: str) -> list[Path]:
+        return sorted((self.root / self.config).glob(f"{split}-*.parquet"))
+
+    @classmethod
+    def detect(cls, root: Path, task: TaskConfig) -> bool:
+        reader = cls(root, task)
+        if reader.files(task.data.split):
+            return True
+        if reader.options.get("download", True) and not hub_offline():
+            reader.download()
+        return bool(reader.files(task.data.split))
+
+    def download(self) -> None:
+        """Fetch this config's folder of the hub repo into the root (a failure leaves the missing-data path)."""
+        try:
+            from huggingface_hub import snapshot_download
+
+            log.info("fetching %s/%s from the Hugging Face hub into %s", HUB_REPO, self.config, self.root)
+            snapshot_download(
+                repo_id=HUB_REPO, repo_type="dataset", allow_patterns=[f"{self.config}/*"], local_dir=self.root
+            )
+        except Exception as e:  # network, auth, disk: the caller reports the dataset as missing
+            log.warning("could not fetch %s/%s: %s", HUB_REPO, self.config, str(e).splitlines()[0] if str(e) else e)
+
+    def expected(self) -> str:
+        how = "HF_HUB_OFFLINE is set, so it is not fetched" if hub_offline() else "fetched when the hub is reachable"
+        return (
+            f"{self.root / self.config}/{self.task.data.split}-00000-of-00001.parquet and the other splits "
+            f"(the Hugging Face {HUB_REPO} parquet layout; {how})"
+        )
+
+    def check(self, split: str) -> None:
+        files = self.files(split)
+        if not files:
+            have = sorted({p.name.split("-")[0] for p in (self.root / self.config).glob("*.parquet")})
+            raise DataError(
+                f"{self.root / self.config}: no {split}-*.parquet file (splits present: {', '.join(have) or 'none'})"
+            )
+        for path in files:
+            self._check_columns(path, _schema_names(path))
+
+    def _check_columns(self, path: Path, names: list[str]) -> None:
+        for col in [*self.columns, "label"]:
+            if col not in names:
+                raise DataError(f"{path}: no column {col!r} (columns: {', '.join(names)})")
+
+    def samples(
+        self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
+    ) -> Iterator[Record]:
+        index = 0
+        for path in self.files(split):
+            for row, rec in enumerate(self._rows(path)):
+                if limit is not None and index >= limit:
+                    return
+                if keep is None or keep(index):
+                    rec["index"] = index
+                    yield self._validated(rec, path, row)
+                index += 1
+
+    def _rows(self, path: Path) -> Iterator[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        names = _schema_names(path)
+        self._check_columns(path, names)
+        wanted = [*self.columns, "label"] + (["idx"] if "idx" in names else [])
+        try:
+            table = pq.read_table(path, columns=wanted)
+        except Exception as e:  # pyarrow raises several types for a truncated or corrupt file
+            raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+        cols = {c: table.column(c).to_pylist() for c in wanted}
+        pair = self.columns[1] if len(self.columns) == 2 else None
+        for i in range(table.num_rows):
+            yield {
+                "key": cols["idx"][i] if "idx" in cols else i,
+                "text": cols[self.columns[0]][i],
+                "text_pair": cols[pair][i] if pair else None,
+                "image": None,
+                "label": cols["label"][i],
+            }
+
+    def _validated(self, rec: Record, path: Path, row: int) -> Record:
+        where = f"{path}: row {row} (idx {rec['key']})"
+        for key, col in zip(("text", "text_pair"), self.columns):
+            if not isinstance(rec[key], str):
+                raise DataError(f"{where}: column {col!r} holds {rec[key]!r}, not a string")
+        rec["label"] = self._label(rec["label"], where)
+        return rec
+
+    def _label(self, value: Any, where: str) -> int | float | None:
+        if value is None or value == UNLABELLED:
+            return None
+        bounds = self.label_range
+        if bounds is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise DataError(f"{where}: label {value!r} is not a number")
+            if not bounds[0] <= value <= bounds[1]:
+                raise DataError(f"{where}: label {value!r} is outside [{bounds[0]:g}, {bounds[1]:g}]")
+            return float(value)
+        n = self.task.finetune.num_labels
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
+            raise DataError(f"{where}: label {value!r} is not a class id in 0..{n - 1}")
+        return int(value)
+
+
+def _schema_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None

@@ -1,0 +1,191 @@
+"""Data for fine-tuning: a resumable stream of training micro-batches, and exact evaluation streams.
+
+Training reads a map-style table of records: the reader's `random_access(split)` sequence when it offers one
+(records decoded on access, for image datasets), else the split materialised in memory (text-only GLUE and small
+sets). The order of training samples is one global stream, a fresh seeded permutation of the table per pass over
+it. Optimizer step s takes the next `batch_size` samples of the stream; within the step, micro-batch j of rank r
+is the slice ((s * accumulate + j) * world + r) * B : ... + B. Hence
+
+- the effective batches are the same whatever the split into devices x accumulation x device batch;
+- a run resumed at step s starts the stream exactly where the interrupted run stood (the start is computed from
+  the restored `global_step`, so nothing about the loader needs saving);
+- under DDP every rank reads disjoint slices without a `DistributedSampler` (whose padding would repeat samples).
+
+One Lightning "epoch" is one validation interval (`val_every_steps` updates, the last one shorter), so validation
+runs at the end of each epoch, and the train loader is rebuilt each epoch at the right stream position.
+Evaluation uses `IndexedStream` (block-aligned sample split, gathered by index): exact under DDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmbench.data.base import IndexedStream, Reader, Record
+from mmbench.errors import DataError
+from mmbench.models.base import ModelWrapper
+
+
+def training_table(reader: Reader, split: str, limit: int | None) -> Sequence[Record]:
+    table = reader.random_access(split, limit)
+    if table is None:
+        table = list(reader.samples(split, limit=limit))
+    if len(table) == 0:
+        raise DataError(f"task {reader.task.name!r}: the {split!r} split of {reader.root} has no samples")
+    return table
+
+
+class StepSampler(Sampler[int]):
+    """Sample indices of this rank's micro-batches `start .. start + count - 1` of the global stream."""
+
+    def __init__(self, n: int, micro_batch: int, world: int, rank: int, start: int, count: int, seed: int):
+        self.n, self.b, self.world, self.rank = n, micro_batch, world, rank
+        self.start, self.count, self.seed = start, max(0, count), seed
+        self._perms: dict[int, Tensor] = {}
+
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}  # keep memory bounded
+            self._perms[epoch] = torch.randperm(self.n, generator=gen)
+        return self._perms[epoch]
+
+    def positions(self, micro: int) -> range:
+        first = (micro * self.world + self.rank) * self.b
+        return range(first, first + self.b)
+
+    def __iter__(self):
+        for micro in range(self.start, self.start + self.count):
+            for pos in self.positions(micro):
+                epoch, offset = divmod(pos, self.n)
+                yield int(self._perm(epoch)[offset])
+
+    def __len__(self) -> int:
+        return self.count * self.b
+
+
+class Table(Dataset):
+    def __init__(self, records: Sequence[Record], to_item: Callable[[Record], dict[str, Any]]):
+        self.records, self.to_item = records, to_item
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.to_item(self.records[i])
+
+
+def item_fn(
+    kind: str,
+    input: str,
+    split: str,
+    transform: Callable[[Any], Tensor] | None = None,
+    vocab: Any = None,
+    train: bool = False,
+) -> Callable[[Record], dict[str, Any]]:
+    """Record -> model item: text (+ pair), pixels for `input: pair`, and the target the head's loss needs
+    (class id, real score, or VQA soft scores); VQA items also carry what the metric needs, as `extras`."""
+
+    def fn(rec: Record) -> dict[str, Any]:
+        item = {"index": rec["index"], "text": rec["text"], "text_pair": rec.get("text_pair")}
+        if input == "pair":
+            if rec.get("image") is None:
+                raise DataError(f"{split} record {rec['index']}: no image, but the task fine-tunes on image+text")
+            item["pixel_values"] = transform(rec["image"])
+        if kind == "vqa":
+            answers = list(rec.get("answers") or [])
+            if train:
+                item["target"] = vocab.soft_targets(answers)
+            keys = ("question_id", "answer_type", "question_type")
+            item["extras"] = {"answers": answers, **{k: rec.get(k) for k in keys}}
+        elif rec.get("label") is None:
+            raise DataError(
+                f"{split} record {rec['index']} (key {rec.get('key', '?')}): no label; fine-tuning and evaluation "
+                f"need labelled splits (GLUE hides its test labels: evaluate on validation)"
+            )
+        else:
+            item["target"] = rec["label"]
+        return item
+
+    return fn
+
+
+class Collate:
+    """Tokenize the batch's texts at once (padding to the longest), stack pixels and targets."""
+
+    def __init__(self, model: ModelWrapper, kind: str, max_length: int | None):
+        self.tokenize, self.kind, self.max_length = model.tokenize, kind, max_length
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        texts = [it["text"] for it in items]
+        pairs = [it["text_pair"] for it in items]
+        has_pair = [p is not None for p in pairs]
+        if any(has_pair) and not all(has_pair):
+            raise DataError(f"records {[it['index'] for it in items]}: some have a second text and some do not")
+        batch: dict[str, Any] = {
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+            "tokens": self.tokenize(texts, pairs if all(has_pair) else None, max_length=self.max_length),
+        }
+        if "pixel_values" in items[0]:
+            batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])
+        if "target" in items[0]:
+            targets = [it["target"] for it in items]
+            if self.kind == "vqa":
+                batch["target"] = torch.stack(targets).float()
+            else:
+                batch["target"] = torch.tensor(targets, dtype=torch.float if self.kind == "regression" else torch.long)
+        if "extras" in items[0]:
+            batch["extras"] = [it["extras"] for it in items]
+        return batch
+
+
+def _loader_generator() -> torch.Generator:
+    # The loaders' own generator: creating an iterator then draws no number from the global RNG.
+    return torch.Generator().manual_seed(0)
+
+
+class FinetuneData(L.LightningDataModule):
+    def __init__(
+        self,
+        train: Table,
+        val: IndexedStream,
+        collate: Collate,
+        micro_batch: int,
+        accumulate: int,
+        max_steps: int,
+        val_every_steps: int,
+        seed: int,
+        num_workers: int,
+    ):
+        super().__init__()
+        self.train, self.val, self.collate = train, val, collate
+        self.micro_batch, self.accumulate, self.seed, self.num_workers = micro_batch, accumulate, seed, num_workers
+        self.max_steps, self.val_every_steps = max_steps, max(1, val_every_steps)
+
+    def setup(self, stage: str) -> None:
+        self.val.set_partition(self.trainer.global_rank, self.trainer.world_size)
+
+    def _loader(self, dataset: Any, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            generator=_loader_generator(),
+            persistent_workers=False,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.trainer
+        done = t.global_step * self.accumulate  # micro-batches this rank has consumed: restored on resume
+        count = min(self.val_every_steps, self.max_steps - t.global_step) * self.accumulate
+        sampler = StepSampler(len(self.train), self.micro_batch, t.world_size, t.global_rank, done, count, self.seed)
+        return self._loader(self.train, batch_size=self.micro_batch, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, batch_size=self.val.block_size)  # one batch = one block (exact under DDP)

@@ -1,0 +1,293 @@
+"""Fine-tuning (GLUE, VQAv2, SNLI-VE, Hateful Memes): train wrapper + head, select the best validation
+checkpoint, evaluate it on the task's split(s).
+
+- Recipe: the task's `finetune` block (the paper's lrs, updates, batch sizes and warm-ups as defaults). The
+  effective batch `batch_size` is reached by gradient accumulation over `devices x device batch` (the device
+  batch is `--batch-size`, else `device_batch_size`, else `batch_size` / devices).
+- Synthetic data: a `finetune:` mapping inside `data.synthetic` overrides the recipe only when the data are
+  synthetic (a few hundred updates at a tiny model's learning rate instead of the paper's 2k-124k), so
+  `mmbench run --data synthetic` finishes in seconds per task while real runs keep the paper's schedule.
+  `--limit N` caps every split (train included) at N samples.
+- Resume: checkpoints live in `<cache>/finetune/<model>/<task>/<config hash>/` (`mmbench.lit.run_folder`); the
+  same command after a kill resumes from `last.ckpt`; a finished folder is only re-evaluated.
+- Selection: `select_metric` (default: the primary) on `val_split` (default `data.split`), higher is better,
+  checked every `val_every_steps` updates and after the last; the rule, best step and history go in `details`.
+- Evaluation: the best weights on `data.split`, plus each `eval_splits` entry (MNLI mismatched), predictions
+  gathered by sample index across ranks and scored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmbench.config import config_hash, to_dict
+from mmbench.data import IndexedStream, open_reader
+from mmbench.errors import ConfigError, DataError
+from mmbench.lit import run_folder
+from mmbench.lit.finetune import FinetuneModule, freeze_unused, set_dropout
+from mmbench.lit.finetune_data import Collate, FinetuneData, Table, item_fn, training_table
+from mmbench.lit.heads import HEADS, make_head
+from mmbench.lit.predict import StreamDataModule
+from mmbench.lit.trainer import make_trainer
+from mmbench.metrics import classification
+from mmbench.models.base import Capability
+from mmbench.protocols.base import ProtocolOutput, RunContext
+from mmbench.schema import FinetuneParams, TaskConfig
+
+log = logging.getLogger("mmbench")
+
+
+def effective_params(task: TaskConfig, synthetic: bool) -> FinetuneParams:
+    """The task's recipe, with `data.synthetic.finetune` applied when the data are synthetic."""
+    override = task.data.synthetic.get("finetune") if synthetic else None
+    if not override:
+        return task.finetune
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(FinetuneParams), to_dict(task.finetune), override)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(
+            f"task {task.name!r}: key 'data.synthetic.finetune.{key}': {str(e).splitlines()[0]}"
+        ) from None
+
+
+def split_metrics(task: TaskConfig, p: FinetuneParams) -> dict[str, tuple[str, list[str]]]:
+    """suffix -> (split, metric names computed on it); "" is `data.split`. MNLI: accuracy on validation_matched
+    and accuracy -> accuracy_mismatched on validation_mismatched."""
+    out = {"": (task.data.split, [m for m in task.metrics if not any(m.endswith(f"_{s}") for s in p.eval_splits)])}
+    for suffix, split in p.eval_splits.items():
+        out[suffix] = (split, [m[: -len(suffix) - 1] for m in task.metrics if m.endswith(f"_{suffix}")])
+    if p.head != "vqa":
+        regression = p.head == "regression"
+        for _, names in out.values():
+            bad = [n for n in names if n not in classification.known(regression)]
+            if bad:
+                have = ", ".join(classification.known(regression))
+                raise ConfigError(f"task {task.name!r}: key 'metrics': {bad[0]!r} is not a {p.head} metric ({have})")
+    return out
+
+
+def _evaluator(p: FinetuneParams, names: list[str], vocab: Any, split: str):
+    def evaluate(gathered: dict[str, torch.Tensor], extras: dict[int, Any]) -> dict[str, float]:
+        if p.head == "vqa":
+            from mmbench.metrics.vqa import vqa_scores
+
+            order = gathered["index"].tolist()
+            predicted = [vocab.answers[i] for i in gathered["pred"].tolist()]
+            scores = vqa_scores(
+                predicted, [extras[i]["answers"] for i in order], [extras[i]["answer_type"] for i in order]
+            )
+            return {k: float(v) for k, v in scores.items()}
+        if "target" not in gathered:
+            raise DataError(f"split {split!r}: no labels to score")
+        return classification.compute(names, gathered["output"], gathered["target"], p.head == "regression")
+
+    return evaluate
+
+
+def _batch_plan(p: FinetuneParams, ctx: RunContext) -> tuple[int, int, int]:
+    world = ctx.trainer.devices * ctx.trainer.num_nodes
+    micro = ctx.batch_size or p.device_batch_size or max(1, p.batch_size // world)
+    per_device, rest = divmod(p.batch_size, world)
+    accumulate, rest2 = divmod(per_device, micro) if not rest else (0, 1)
+    if rest or rest2 or accumulate < 1:
+        raise ConfigError(
+            f"finetune.batch_size {p.batch_size} is not a multiple of devices x device batch ({world} x {micro}); "
+            f"set --batch-size or finetune.device_batch_size to a divisor of {p.batch_size // max(1, world)}"
+        )
+    return world, micro, accumulate
+
+
+@dataclass
+class _Run:
+    """What one fine-tuning run is made of, once the data and the model are open."""
+
+    task: TaskConfig
+    ctx: RunContext
+    p: FinetuneParams
+    reader: Any
+    vocab: Any
+    folder: Path
+    module: FinetuneModule
+    collate: Collate
+    eval_transform: Any
+
+    def stream(self, split: str) -> IndexedStream:
+        p, ctx = self.p, self.ctx
+        to_item = item_fn(p.head, p.input, split, self.eval_transform, self.vocab)
+        return IndexedStream(
+            self.reader, split, to_item, ctx.batch_size or p.device_batch_size or p.batch_size, ctx.limit
+        )
+
+
+def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
+    p = effective_params(task, ctx.data_source == "synthetic")
+    if p.head not in HEADS or p.input not in ("text", "pair"):
+        raise ConfigError(f"task {task.name!r}: finetune.head {p.head!r} / input {p.input!r} is not supported")
+    needed = Capability.TEXT if p.input == "text" else Capability.FUSION
+    ctx.require(needed, f"fine-tuning on {'text' if p.input == 'text' else 'image+text'}")
+    evals = split_metrics(task, p)
+    select = p.select_metric or task.primary
+    if p.head != "vqa" and select not in evals[""][1]:
+        raise ConfigError(f"task {task.name!r}: finetune.select_metric {select!r} is not among {evals[''][1]}")
+    world, micro, accumulate = _batch_plan(p, ctx)
+
+    reader = open_reader(task, ctx.data_root)
+    val_split = p.val_split or task.data.split
+    for split in sorted({p.train_split, val_split, *(s for s, _ in evals.values())}):
+        reader.check(split)
+        _require_labels(reader, split, p.head)
+    vocab = reader.answer_vocab(ctx.cache_dir) if p.head == "vqa" else None
+    table = training_table(reader, p.train_split, ctx.limit)
+    fingerprint = hashlib.sha256(f"{len(table)}/{vocab.hash if vocab else ''}".encode()).hexdigest()[:16]
+    key = ctx.run_key or config_hash(ctx.model_cfg, task, {"seed": ctx.seed, "limit": ctx.limit})
+    folder = ctx.cache_dir / "finetune" / ctx.model_cfg.name / task.name / key.split(":")[-1]
+    state = run_folder.prepare(folder, fingerprint)
+
+    module, frozen = _build_module(ctx, p, vocab, _evaluator(p, evals[""][1], vocab, val_split), accumulate)
+    pair = p.input == "pair"
+    collate = Collate(module.model, p.head, p.max_text_length)
+    train_transform = module.model.image_transform(train=True, image_size=p.image_size) if pair else None
+    train_set = Table(table, item_fn(p.head, p.input, p.train_split, train_transform, vocab, train=True))
+    unused = freeze_unused(module, collate([train_set[i] for i in range(min(2, len(train_set)))]))
+    eval_transform = module.model.image_transform(train=False, image_size=p.image_size) if pair else None
+    r = _Run(task, ctx, p, reader, vocab, folder, module, collate, eval_transform)
+
+    callback = run_folder.RunFolder(folder, select, p.max_steps, fingerprint, _rule(p, val_split))
+    if state is not None and state.get("done") or p.max_steps == 0:
+        trainer = make_trainer(ctx.trainer)  # a finished run folder: evaluate only
+        summary = {"resumed_from": state.get("step", 0) if state else 0, **(state or {})}
+    else:
+        data = FinetuneData(
+            train_set, r.stream(val_split), collate, micro, accumulate, p.max_steps, p.val_every_steps, ctx.seed,
+            ctx.num_workers,
+        )  # fmt: skip
+        trainer = _fit(r, data, callback, accumulate, resume=state is not None)
+        summary = {"resumed_from": callback.resumed_from, **callback.state_dict()}
+    selected = run_folder.load_best(module, folder)
+    metrics, counts, per_rank = _evaluate_splits(r, trainer, evals)
+
+    details = {
+        "format": reader.format,
+        "selection": {**_rule(p, val_split), "metric": select},
+        "best_step": summary.get("best_step") if selected else None,
+        "best_value": summary.get("best_value") if selected else None,
+        "evaluated": "best" if selected else "final (no validation selected a checkpoint)",
+        "val_history": summary.get("history", []),
+        "resumed_from_step": summary["resumed_from"],
+        "steps": p.max_steps,
+        "batch": {"effective": p.batch_size, "device": micro, "devices": world, "accumulate": accumulate},
+        "n_train": len(table),
+        "n_eval": counts,
+        "samples_per_rank": per_rank,
+        "frozen_params": len(frozen),
+        "unused_params_frozen": len(unused),
+        "finetune": to_dict(p),
+        "run_folder": str(folder),
+    }
+    if vocab is not None:
+        details["answer_vocab"] = {"size": len(vocab.answers), "hash": vocab.hash}
+    n_samples = counts[task.data.split]
+    return ProtocolOutput(metrics, n_samples=n_samples, details=details, is_global_zero=trainer.is_global_zero)
+
+
+def _build_module(
+    ctx: RunContext, p: FinetuneParams, vocab: Any, evaluate: Any, accumulate: int
+) -> tuple[FinetuneModule, list[str]]:
+    """A fresh copy of the wrapper (the preset's `finetune.frozen` applied, the recipe's dropout set) + a new
+    head seeded by the run's seed alone. Returns the module and the frozen parameter names."""
+    model = ctx.model(fresh=True)
+    model.require(Capability.TEXT if p.input == "text" else Capability.FUSION, "fine-tuning")
+    frozen = model.freeze_for_finetuning()
+    if p.model_dropout is not None:
+        set_dropout(model, p.model_dropout)
+    num_labels = len(vocab.answers) if vocab is not None else 1 if p.head == "regression" else p.num_labels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        in_dim = model.feature_dims["text" if p.input == "text" else "pair"]
+        head = make_head(in_dim, num_labels, p.head_hidden, p.head_dropout, p.head_activation)
+    return FinetuneModule(model, head, p, evaluate, seed=ctx.seed, accumulate=accumulate), frozen
+
+
+def _fit(r: _Run, data: FinetuneData, callback: run_folder.RunFolder, accumulate: int, resume: bool) -> Any:
+    p = r.p
+    trainer = make_trainer(
+        r.ctx.trainer,
+        max_steps=p.max_steps,
+        max_epochs=-1,  # one Lightning epoch = one validation interval (see mmbench.lit.finetune_data)
+        accumulate_grad_batches=accumulate,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        gradient_clip_val=p.grad_clip_norm or None,
+        log_every_n_steps=max(1, min(50, p.val_every_steps)),
+        callbacks=[callback],
+    )
+    ckpt = r.folder / run_folder.LAST if resume else None
+    trainer.fit(r.module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    return trainer
+
+
+def _evaluate_splits(
+    r: _Run, trainer: Any, evals: dict[str, tuple[str, list[str]]]
+) -> tuple[dict[str, float], dict[str, int], dict[str, list[int]]]:
+    """The selected weights on `data.split` and every `eval_splits` entry, gathered by index, scored once.
+    Returns the metrics, the samples per split and how each split's samples were shared among the ranks."""
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    per_rank: dict[str, list[int]] = {}
+    module = r.module
+    for suffix, (split, names) in evals.items():
+        module.evaluate = _evaluator(r.p, names, r.vocab, split)
+        data = StreamDataModule(r.stream(split), r.ctx.num_workers, r.collate)
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        if not module.outputs:
+            raise DataError(f"task {r.task.name!r}: the {split!r} split of {r.ctx.data_root} has no samples")
+        scores = module.evaluate(module.outputs, module.extras)
+        _check_defined(r.task, split, scores)
+        metrics.update({f"{k}_{suffix}" if suffix else k: v for k, v in scores.items()})
+        counts[split] = len(module.outputs["index"])
+        per_rank[split] = list(module.samples_per_rank)
+        if r.p.head == "vqa" and not suffix and r.ctx.artifact_dir is not None and trainer.is_global_zero:
+            _write_submission(r.ctx, r.task, module, r.vocab)
+    return metrics, counts, per_rank
+
+
+def _require_labels(reader: Any, split: str, head: str) -> None:
+    """Fail before training when a split the run needs is unlabelled (GLUE's test splits) or empty."""
+    first = next(iter(reader.samples(split, limit=1)), None)
+    where = f"task {reader.task.name!r}: the {split!r} split of {reader.root}"
+    if first is None:
+        raise DataError(f"{where} has no samples")
+    if (not first.get("answers")) if head == "vqa" else first.get("label") is None:
+        what = "answers" if head == "vqa" else "labels"
+        raise DataError(f"{where} has no {what} (test labels are hidden: evaluate on a validation split)")
+
+
+def _rule(p: FinetuneParams, val_split: str) -> dict[str, Any]:
+    return {"split": val_split, "mode": "max", "every_steps": p.val_every_steps, "also_at": "the last step"}
+
+
+def _check_defined(task: TaskConfig, split: str, scores: dict[str, float]) -> None:
+    for name, value in scores.items():
+        if isinstance(value, float) and math.isnan(value):
+            raise DataError(f"task {task.name!r}: {name} is undefined on split {split!r} (its labels hold one class)")
+
+
+def _write_submission(ctx: RunContext, task: TaskConfig, module: FinetuneModule, vocab: Any) -> None:
+    from mmbench.metrics.vqa import write_submission
+
+    order = module.outputs["index"].tolist()
+    predicted = [vocab.answers[i] for i in module.outputs["pred"].tolist()]
+    path = ctx.artifact_dir / f"{task.name}_{task.data.split}_submission.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_submission(path, [module.extras[i]["question_id"] for i in order], predicted)

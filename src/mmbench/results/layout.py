@@ -1,0 +1,195 @@
+"""The leaderboard's inputs that are data, not runs: the Table-4 layout and the paper's reported columns.
+
+`load_layout(results/reported/table4.yaml)` -> `Layout` (ordered score rows and domains);
+`load_reported(results/reported/, layout)` -> one `Reported` column per `<name>.json`, in the layout's order.
+Both validate what they read and name the file and key of anything malformed (`ConfigError` for the layout,
+`DataError` for a reported file), because a typo here would silently move a published number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmbench.errors import ConfigError, DataError
+
+LAYOUT_FILE = "table4.yaml"
+_ROW_KEYS = ("domain", "task", "score", "label", "metric")
+_DOMAIN_KEYS = ("name", "heading", "average")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One number that enters a domain average: `TaskResult.scores[score]` of `task`."""
+
+    domain: str
+    task: str
+    score: str
+    label: str  # what the table prints in its first column, e.g. "Flickr30K TR@1"
+    metric: str  # what the table prints in its metric column, e.g. "R@1"
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str  # "language" | "vision" | "multimodal", as in TaskResult.domain
+    heading: str
+    average: str  # the average row's label, e.g. "NLP Avg"
+
+
+@dataclass(frozen=True)
+class Layout:
+    path: Path
+    source: str
+    errata: str
+    domains: tuple[Domain, ...]
+    rows: tuple[Row, ...]
+    reported: tuple[str, ...]  # reported-column file stems, in column order
+
+    @property
+    def tasks(self) -> set[str]:
+        return {r.task for r in self.rows}
+
+    def rows_of(self, domain: str) -> list[Row]:
+        return [r for r in self.rows if r.domain == domain]
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A column of published numbers: `scores[task][score_key]` on the 0-100 scale."""
+
+    path: Path
+    name: str  # column header
+    source: str  # one line of provenance for the table's notes
+    scores: dict[str, dict[str, float]]
+    averages: dict[str, float] | None  # as printed in the paper, when the file gives them
+
+
+def load_layout(path: Path) -> Layout:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: leaderboard layout not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    domains = tuple(
+        Domain(**_strings(path, f"domains[{i}]", d, _DOMAIN_KEYS)) for i, d in enumerate(_list(path, data, "domains"))
+    )
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: key 'domains': a domain name is repeated ({names})")
+    rows = tuple(Row(**_strings(path, f"rows[{i}]", r, _ROW_KEYS)) for i, r in enumerate(_list(path, data, "rows")))
+    seen: set[tuple[str, str]] = set()
+    for i, row in enumerate(rows):
+        if row.domain not in names:
+            raise ConfigError(f"{path}: key 'rows[{i}].domain': unknown domain {row.domain!r} (known: {names})")
+        if (row.task, row.score) in seen:
+            raise ConfigError(f"{path}: key 'rows[{i}]': {row.task}/{row.score} appears twice")
+        seen.add((row.task, row.score))
+    for name in names:
+        if not any(r.domain == name for r in rows):
+            raise ConfigError(f"{path}: key 'domains': domain {name!r} has no rows, so it has no average")
+    reported = data.get("reported", [])
+    if not isinstance(reported, list) or not all(isinstance(s, str) for s in reported):
+        raise ConfigError(f"{path}: key 'reported': expected a list of file stems")
+    return Layout(
+        path=path,
+        source=str(data.get("source", "")),
+        errata=str(data.get("errata", "")),
+        domains=domains,
+        rows=rows,
+        reported=tuple(reported),
+    )
+
+
+def load_reported(reported_dir: Path, layout: Layout) -> list[Reported]:
+    """Every `*.json` in `reported_dir`: the layout's `reported` files first, in its order, then the rest by name."""
+    reported_dir = Path(reported_dir)
+    found = {p.stem: p for p in sorted(reported_dir.glob("*.json"))}
+    for stem in layout.reported:
+        if stem not in found:
+            raise DataError(f"{layout.path}: key 'reported': {reported_dir / (stem + '.json')} does not exist")
+    order = list(layout.reported) + sorted(set(found) - set(layout.reported))
+    return [_read_reported(found[stem], layout) for stem in order]
+
+
+def _read_reported(path: Path, layout: Layout) -> Reported:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for key in ("name", "source", "scores"):
+        if key not in data:
+            raise DataError(f"{path}: missing key {key!r}")
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise DataError(f"{path}: key 'name': expected the column header as a non-empty string")
+    scores = data["scores"]
+    if not isinstance(scores, dict):
+        raise DataError(f"{path}: key 'scores': expected {{task: {{score_key: number}}}}")
+    unknown = sorted(set(scores) - layout.tasks)
+    if unknown:
+        raise DataError(f"{path}: key 'scores.{unknown[0]}': task is not a row of {layout.path.name}")
+    for row in layout.rows:
+        task_scores = scores.get(row.task)
+        if not isinstance(task_scores, dict) or row.score not in task_scores:
+            raise DataError(f"{path}: missing key 'scores.{row.task}.{row.score}' (row {row.label!r})")
+        _number(path, f"scores.{row.task}.{row.score}", task_scores[row.score])
+    averages = data.get("averages")
+    if averages is not None:
+        keys = [d.name for d in layout.domains] + ["macro"]
+        if not isinstance(averages, dict) or set(averages) != set(keys):
+            raise DataError(f"{path}: key 'averages': expected exactly the keys {keys}")
+        for key, value in averages.items():
+            _number(path, f"averages.{key}", value)
+    return Reported(
+        path=path,
+        name=data["name"],
+        source=_source_line(data["source"]),
+        scores={t: {k: float(v) for k, v in s.items()} for t, s in scores.items()},
+        averages={k: float(v) for k, v in averages.items()} if averages is not None else None,
+    )
+
+
+def _source_line(source: Any) -> str:
+    """A dict like {paper, arxiv, table, column} becomes "paper, arXiv 2112.04482, Table 4, column ..."."""
+    if not isinstance(source, dict):
+        return str(source)
+    parts = [str(source["paper"])] if "paper" in source else []
+    parts += [f"arXiv {source['arxiv']}"] if "arxiv" in source else []
+    parts += [str(source["table"])] if "table" in source else []
+    parts += [f'column "{source["column"]}"'] if "column" in source else []
+    return ", ".join(parts)
+
+
+def _list(path: Path, data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: key {key!r}: expected a non-empty list")
+    return value
+
+
+def _strings(path: Path, where: str, item: Any, keys: tuple[str, ...]) -> dict[str, str]:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{path}: key {where!r}: expected a mapping with keys {list(keys)}")
+    extra = sorted(set(item) - set(keys))
+    if extra:
+        raise ConfigError(f"{path}: key '{where}.{extra[0]}': unknown key (known: {list(keys)})")
+    for key in keys:
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise ConfigError(f"{path}: key '{where}.{key}': expected a non-empty string")
+    return {k: item[k] for k in keys}
+
+
+def _number(path: Path, key: str, value: Any) -> None:
+    # bool is an int in Python; a `true` where a score belongs is a typo, not 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"{path}: key {key!r}: {value!r} is not a finite number")

@@ -1,0 +1,142 @@
+"""The linear-probe classifier: our L-BFGS logistic regression against scikit-learn with C = 1 / lambda, CLIP's
+L2 sweep against brute force, and the accuracies against scikit-learn's metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from mmbench.metrics.accuracy import mean_per_class, top1
+from mmbench.protocols.logreg import fit_logreg, sweep_l2
+
+
+def gaussian_mixture(n: int, d: int, k: int, seed: int, spread: float = 0.6, offset: float = 0.0):
+    """Class means ~ N(0, spread^2), unit noise: overlapping classes, so accuracy depends on the strength."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(k, d, generator=g) * spread
+    y = torch.randint(0, k, (n,), generator=g)
+    return means[y] + torch.randn(n, d, generator=g) + offset, y
+
+
+def objective(x, y, w, b, l2) -> float:
+    """sum_i CE + lambda/2 ||W||^2 in float64: what both solvers minimise (scikit-learn's, divided by C)."""
+    x, w, b = x.double(), torch.as_tensor(w).double(), torch.as_tensor(b).double()
+    return float(torch.nn.functional.cross_entropy(x @ w + b, y, reduction="sum") + l2 / 2 * (w**2).sum())
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = gaussian_mixture(1500, 48, 8, seed=0)
+    return x[:1000], y[:1000], x[1000:], y[1000:]
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1.0, 30.0, 1e3])
+def test_same_features_and_strength_give_sklearns_accuracy(data, l2):
+    x, y, xt, yt = data
+    ours = fit_logreg(x, y, 8, l2)
+    sk = LogisticRegression(C=1.0 / l2, max_iter=1000).fit(x.numpy(), y.numpy())  # solver="lbfgs" by default
+    assert sk.solver == "lbfgs" and ours.converged
+    acc_ours = top1(ours.predict(xt), yt)
+    acc_sk = accuracy_score(yt.numpy(), sk.predict(xt.numpy()))
+    assert abs(acc_ours - acc_sk) <= 0.005, (acc_ours, acc_sk)
+    # the same objective, to the precision both stop at (per sample: the scale `tol` applies to)
+    f_ours, f_sk = objective(x, y, ours.weight, ours.bias, l2), objective(x, y, sk.coef_.T, sk.intercept_, l2)
+    assert abs(f_ours - f_sk) / len(y) < 1e-4
+
+
+@pytest.mark.parametrize("l2", [3.0, 100.0])
+def test_c_is_one_over_lambda(data, l2):
+    """Solved tightly (in float64: the solver follows the features' dtype), the two solutions coincide: the
+    objectives are the same function with C = 1 / lambda."""
+    x, y, _, _ = data
+    ours = fit_logreg(x.double(), y, 8, l2, tol=1e-8)
+    sk = LogisticRegression(C=1.0 / l2, max_iter=5000, tol=1e-9).fit(x.numpy().astype(np.float64), y.numpy())
+    np.testing.assert_allclose(ours.weight.numpy().T, sk.coef_, atol=1e-4)
+    np.testing.assert_allclose(ours.bias.numpy(), sk.intercept_, atol=1e-4)
+    other = LogisticRegression(C=2.0 / l2, max_iter=5000, tol=1e-9).fit(x.numpy().astype(np.float64), y.numpy())
+    assert np.abs(ours.weight.numpy().T - other.coef_).max() > 1e-2  # and the check can tell strengths apart
+
+
+def test_standardised_coordinates_change_nothing_but_convergence(data):
+    """Features far from the origin with a small spread (as pooled, LayerNorm'd features are): the fit on
+    x + offset and on x / 10 is the fit on x, mapped (the bias absorbs the offset; lambda scales with 1/s^2)."""
+    x, y, xt, yt = data
+    x, xt = x.double(), xt.double()
+    base = fit_logreg(x, y, 8, 1.0, tol=1e-8)
+    shifted = fit_logreg(x + 40.0, y, 8, 1.0, tol=1e-8)
+    scaled = fit_logreg(x / 10.0, y, 8, 1.0 / 100.0, tol=1e-8)
+    torch.testing.assert_close(shifted.weight, base.weight, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(shifted.bias, base.bias - 40.0 * base.weight.sum(0), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(scaled.weight, base.weight * 10.0, atol=1e-5, rtol=1e-5)
+    assert torch.equal(shifted.predict(xt + 40.0), base.predict(xt))
+    # in float32 too: centring before the matmul keeps logits exact far from the origin
+    assert torch.equal(fit_logreg(x.float() + 40.0, y, 8, 1.0).predict(xt.float() + 40.0), base.predict(xt))
+
+
+def test_warm_start_reaches_the_same_solution_faster(data):
+    x, y, _, _ = data
+    cold = fit_logreg(x, y, 8, 10.0)
+    warm = fit_logreg(x, y, 8, 10.0, init=fit_logreg(x, y, 8, 10.0 * 10 ** (1 / 8)))
+    assert warm.converged and warm.n_iter < cold.n_iter
+    assert warm.loss == pytest.approx(cold.loss, abs=1e-5)
+    again = fit_logreg(x, y, 8, 10.0, init=warm)
+    assert again.n_iter <= 1  # already optimal
+
+
+def test_sweep_finds_the_best_strength_on_the_eighth_decade_grid():
+    calls = []
+
+    def score(l2, warm):  # unimodal in log10(lambda), peak at 10^1.3
+        calls.append((l2, warm))
+        return -((math.log10(l2) - 1.3) ** 2), l2
+
+    res = sweep_l2(score, 1e-6, 1e6, 8)
+    grid = [10 ** (p / 8) for p in range(-48, 49)]
+    assert res.best_l2 == pytest.approx(max(grid, key=lambda v: -((math.log10(v) - 1.3) ** 2)))  # 10^(10/8)
+    coarse = [p.l2 for p in res.points[:13]]
+    assert coarse == pytest.approx([10.0**e for e in range(6, -7, -1)])  # every decade, strong -> weak
+    assert len(res.points) == 13 + 6  # then one binary refinement per halving: 1/2, 1/4, 1/8 decade
+    assert calls[0][1] is None and calls[1][1] == pytest.approx(1e6)  # warm-started from the previous strength
+    for l2, warm in calls[13:]:  # refinements start from their nearest evaluated neighbour
+        assert abs(math.log10(warm) - math.log10(l2)) <= 0.5 + 1e-9
+
+
+def test_sweep_ties_go_to_the_stronger_regularisation():
+    res = sweep_l2(lambda l2, warm: (1.0 if 1e-2 <= l2 <= 1e2 else 0.5, None), 1e-6, 1e6, 8)
+    assert res.best_l2 == pytest.approx(1e2)
+
+
+def test_sweep_on_real_fits_picks_a_useful_strength(data):
+    x, y, xt, yt = data
+    xtr, ytr, xv, yv = x[:800], y[:800], x[800:], y[800:]
+
+    def evaluate(l2, warm):
+        fit = fit_logreg(xtr, ytr, 8, l2, init=warm)
+        return top1(fit.predict(xv), yv), fit
+
+    res = sweep_l2(evaluate, 1e-6, 1e6, 8)
+    assert 1e-3 < res.best_l2 < 1e5 and res.best_state.l2 == res.best_l2
+    assert res.best_score >= max(p.score for p in res.points) and res.best_score > 0.6
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # deliberately: class 5 absent
+def test_accuracies_match_sklearn():
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 7, (500,), generator=g)
+    target[target == 5] = 6  # a class absent from the targets is not averaged in
+    pred = torch.where(torch.rand(500, generator=g) < 0.6, target, torch.randint(0, 7, (500,), generator=g))
+    assert top1(pred, target) == pytest.approx(accuracy_score(target.numpy(), pred.numpy()))
+    assert mean_per_class(pred, target) == pytest.approx(balanced_accuracy_score(target.numpy(), pred.numpy()))
+    assert mean_per_class(target, target) == top1(target, target) == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_fit_matches_cpu(data):
+    x, y, xt, _ = data
+    cpu, gpu = fit_logreg(x, y, 8, 1.0), fit_logreg(x.cuda(), y.cuda(), 8, 1.0)
+    assert gpu.weight.is_cuda and torch.equal(gpu.predict(xt.cuda()).cpu(), cpu.predict(xt))
