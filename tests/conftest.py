@@ -24,7 +24,16 @@ def registry() -> Registry:
     return Registry()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MMBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "mmbench-cache"))
-    monkeypatch.setenv("MMBENCH_DATA", str(tmp_path_factory.getbasetemp() / "no-data-here"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Session-scoped so that it is in place before any module- or session-scoped fixture runs a model."""
+    base = tmp_path_factory.getbasetemp()
+    saved = {k: os.environ.get(k) for k in ("MMBENCH_CACHE", "MMBENCH_DATA")}
+    os.environ["MMBENCH_CACHE"] = str(base / "mmbench-cache")
+    os.environ["MMBENCH_DATA"] = str(base / "no-data-here")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -84,48 +84,48 @@ def evaluate(
     model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
-    if cache_dir:  # through the environment, so checkpoint downloads and DDP child processes use it too
-        os.environ["MMBENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
-    cache = paths.cache_dir()
+    # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
+    with paths.cache_override(cache_dir):
+        cache = paths.cache_dir()
 
-    results = []
-    total = len(model_cfgs) * len(task_cfgs)
-    for m_i, mcfg in enumerate(model_cfgs):
-        built = _ModelCache()
-        for t_i, tcfg in enumerate(task_cfgs):
-            step = m_i * len(task_cfgs) + t_i + 1
-            run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
-            chash = config_hash(mcfg, tcfg, run_info)
-            existing = None if redo else store.find_complete(output, mcfg.name, tcfg.name, chash)
-            if existing is not None:
-                log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
-                results.append(existing)
-                continue
-            log.info("[%d/%d] %s x %s", step, total, mcfg.name, tcfg.name)
-            root, source = _data_root(tcfg, data, data_root, cache)
-            ctx = RunContext(
-                model_cfg=mcfg,
-                data_root=root,
-                data_source=source,
-                model_factory=built,
-                trainer=TrainerOptions(
-                    accelerator=accelerator, devices=devices, precision=precision, progress=progress
-                ),
-                limit=limit,
-                batch_size=batch_size,
-                num_workers=_default_workers(devices) if num_workers is None else num_workers,
-                seed=seed,
-                cache_dir=cache,
-                artifact_dir=store.result_path(output, mcfg.name, tcfg.name).parent,
-                run_key=chash,
-            )
-            result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)
-            if is_zero:
-                store.write(output, result)
-            results.append(result)
-            if on_result is not None and is_zero:
-                on_result(result)
-    return results
+        results = []
+        total = len(model_cfgs) * len(task_cfgs)
+        for m_i, mcfg in enumerate(model_cfgs):
+            built = _ModelCache()
+            for t_i, tcfg in enumerate(task_cfgs):
+                step = m_i * len(task_cfgs) + t_i + 1
+                run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
+                chash = config_hash(mcfg, tcfg, run_info)
+                existing = None if redo else store.find_complete(output, mcfg.name, tcfg.name, chash)
+                if existing is not None:
+                    log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
+                    results.append(existing)
+                    continue
+                log.info("[%d/%d] %s x %s", step, total, mcfg.name, tcfg.name)
+                root, source = _data_root(tcfg, data, data_root, cache)
+                ctx = RunContext(
+                    model_cfg=mcfg,
+                    data_root=root,
+                    data_source=source,
+                    model_factory=built,
+                    trainer=TrainerOptions(
+                        accelerator=accelerator, devices=devices, precision=precision, progress=progress
+                    ),
+                    limit=limit,
+                    batch_size=batch_size,
+                    num_workers=_default_workers(devices) if num_workers is None else num_workers,
+                    seed=seed,
+                    cache_dir=cache,
+                    artifact_dir=store.result_path(output, mcfg.name, tcfg.name).parent,
+                    run_key=chash,
+                )
+                result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)
+                if is_zero:
+                    store.write(output, result)
+                results.append(result)
+                if on_result is not None and is_zero:
+                    on_result(result)
+        return results
 
 
 def _run_one(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,3 +22,20 @@ def checkpoint_download_dir() -> Path:
 def data_dir() -> Path:
     """Real datasets, one folder per task: `$MMBENCH_DATA`, default `~/.cache/mmbench/data`."""
     return Path(os.environ.get("MMBENCH_DATA") or "~/.cache/mmbench/data").expanduser()
+
+
+@contextmanager
+def cache_override(path: str | Path | None) -> Iterator[None]:
+    """Point `cache_dir()` at `path` while the block runs (nothing changes when `path` is None)."""
+    if path is None:
+        yield
+        return
+    saved = os.environ.get("MMBENCH_CACHE")
+    os.environ["MMBENCH_CACHE"] = str(Path(path).expanduser().resolve())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MMBENCH_CACHE", None)
+        else:
+            os.environ["MMBENCH_CACHE"] = saved

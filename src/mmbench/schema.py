@@ -115,6 +115,8 @@ class FinetuneParams:
     select_metric: str | None = None  # None = the task's primary metric
     # more evaluation splits, metric suffix -> split: MNLI {mismatched: validation_mismatched} -> accuracy_mismatched
     eval_splits: dict[str, str] = field(default_factory=dict)
+    # Splits predicted but not scored (hidden labels), written as submission files: VQAv2 test-dev for the server.
+    predict_splits: list[str] = field(default_factory=list)
     grad_clip_norm: float = 0.0  # 0 = no clipping (neither recipe clips)
 
 

@@ -176,6 +176,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         summary = {"resumed_from": callback.resumed_from, **callback.state_dict()}
     selected = run_folder.load_best(module, folder)
     metrics, counts, per_rank = _evaluate_splits(r, trainer, evals)
+    submissions = _predict_splits(r, trainer)
 
     details = {
         "format": reader.format,
@@ -197,6 +198,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     }
     if vocab is not None:
         details["answer_vocab"] = {"size": len(vocab.answers), "hash": vocab.hash}
+    if submissions:
+        details["submissions"] = submissions
     n_samples = counts[task.data.split]
     return ProtocolOutput(metrics, n_samples=n_samples, details=details, is_global_zero=trainer.is_global_zero)
 
@@ -258,8 +261,27 @@ def _evaluate_splits(
         counts[split] = len(module.outputs["index"])
         per_rank[split] = list(module.samples_per_rank)
         if r.p.head == "vqa" and not suffix and r.ctx.artifact_dir is not None and trainer.is_global_zero:
-            _write_submission(r.ctx, r.task, module, r.vocab)
+            _write_submission(r.ctx, r.task, module, r.vocab, split)
     return metrics, counts, per_rank
+
+
+def _predict_splits(r: _Run, trainer: Any) -> dict[str, str]:
+    """Predict the `predict_splits` (labels hidden, e.g. VQAv2 test-dev2015) with the selected weights and write
+    each as the official result file for server scoring; returns {split: file name} (paths are local)."""
+    if not r.p.predict_splits:
+        return {}
+    if r.p.head != "vqa":
+        raise ConfigError(f"task {r.task.name!r}: finetune.predict_splits is only supported for head: vqa")
+    written = {}
+    for split in r.p.predict_splits:
+        r.reader.check(split)
+        data = StreamDataModule(r.stream(split), r.ctx.num_workers, r.collate)
+        trainer.predict(r.module, datamodule=data, return_predictions=False)
+        if not r.module.outputs:
+            raise DataError(f"task {r.task.name!r}: the {split!r} split of {r.ctx.data_root} has no samples")
+        if r.ctx.artifact_dir is not None and trainer.is_global_zero:
+            written[split] = _write_submission(r.ctx, r.task, r.module, r.vocab, split).name
+    return written
 
 
 def _require_labels(reader: Any, split: str, head: str) -> None:
@@ -283,11 +305,13 @@ def _check_defined(task: TaskConfig, split: str, scores: dict[str, float]) -> No
             raise DataError(f"task {task.name!r}: {name} is undefined on split {split!r} (its labels hold one class)")
 
 
-def _write_submission(ctx: RunContext, task: TaskConfig, module: FinetuneModule, vocab: Any) -> None:
+def _write_submission(ctx: RunContext, task: TaskConfig, module: FinetuneModule, vocab: Any, split: str) -> Path:
+    """`<results>/runs/<model>/<task>_<split>_submission.json`: `[{"question_id", "answer"}]`, the official format."""
     from mmbench.metrics.vqa import write_submission
 
     order = module.outputs["index"].tolist()
     predicted = [vocab.answers[i] for i in module.outputs["pred"].tolist()]
-    path = ctx.artifact_dir / f"{task.name}_{task.data.split}_submission.json"
+    path = ctx.artifact_dir / f"{task.name}_{split}_submission.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_submission(path, [module.extras[i]["question_id"] for i in order], predicted)
+    return path

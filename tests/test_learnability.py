@@ -1,0 +1,50 @@
+"""The synthetic multimodal tasks are learnable: a tiny random-init model fine-tuned briefly through the real
+protocol (Trainer, readers, official metrics) beats chance widely, and VQA beats what the question alone gives.
+(The text case, SST-2, is in tests/test_finetune.py.)"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pytest
+
+from mmbench import evaluate, paths
+from mmbench.data import open_reader, synthetic
+from mmbench.metrics.vqa import vqa_scores
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("learn")
+    short = ["task.data.synthetic.finetune.max_steps=300", "task.data.synthetic.finetune.val_every_steps=100"]
+    hm = evaluate(
+        "clip-tiny", "hateful_memes", data="synthetic", output=out, overrides=short, progress=False, num_workers=0
+    )
+    vqa = evaluate("clip-tiny", "vqav2", data="synthetic", output=out, progress=False, num_workers=0)
+    return {r.task: r for r in hm + vqa}
+
+
+def test_image_text_classification_beats_chance(results):
+    res = results["hateful_memes"]
+    assert res.status == "ok" and res.n_samples == 300
+    # ROC-AUC of a coin is 0.5; the labels need image and text together (each alone gives ~0.55-0.60).
+    print(f"Hateful Memes ROC-AUC {res.metrics['roc_auc']:.3f} (chance 0.5)")
+    assert res.metrics["roc_auc"] > 0.8
+
+
+def test_vqa_beats_chance_and_the_question_alone(results, registry):
+    res = results["vqav2"]
+    task = registry.task("vqav2")
+    reader = open_reader(task, synthetic.ensure(task, paths.cache_dir()))  # the generated data the run read
+    vocab_size = res.details["answer_vocab"]["size"]
+    # The best any image-blind answerer can do here: the most frequent training answer for the same question text.
+    by_question: dict[str, Counter] = defaultdict(Counter)
+    for rec in reader.samples(task.finetune.train_split):
+        by_question[rec["text"]][Counter(rec["answers"]).most_common(1)[0][0]] += 1
+    val = list(reader.samples(task.data.split))
+    prior = [by_question[r["text"]].most_common(1)[0][0] if by_question[r["text"]] else "yes" for r in val]
+    blind = vqa_scores(prior, [r["answers"] for r in val], [r["answer_type"] for r in val])["vqa_accuracy"]
+    assert res.metrics["vqa_accuracy"] > 5 / vocab_size, "far above a uniformly random answer"
+    print(f"VQA accuracy {res.metrics['vqa_accuracy']:.3f}, question alone {blind:.3f}, uniform {1 / vocab_size:.3f}")
+    assert res.metrics["vqa_accuracy"] > blind + 0.05, (res.metrics, blind)
+    assert res.details["submissions"] == {"test-dev2015": "vqav2_test-dev2015_submission.json"}
