@@ -48,3 +48,19 @@ def test_vqa_beats_chance_and_the_question_alone(results, registry):
     print(f"VQA accuracy {res.metrics['vqa_accuracy']:.3f}, question alone {blind:.3f}, uniform {1 / vocab_size:.3f}")
     assert res.metrics["vqa_accuracy"] > blind + 0.05, (res.metrics, blind)
     assert res.details["submissions"] == {"test-dev2015": "vqav2_test-dev2015_submission.json"}
+
+
+def test_metrics_undefined_on_the_data_are_null_in_strict_json(tmp_path):
+    """One VQA question has one answer type: the other per-type accuracies are undefined, recorded as null."""
+    import json
+
+    from mmbench.results.store import result_path
+
+    steps = ["task.data.synthetic.finetune.max_steps=2", "task.data.synthetic.finetune.val_every_steps=1"]
+    [res] = evaluate(
+        "clip-tiny", "vqav2", data="synthetic", limit=1, output=tmp_path, overrides=steps, progress=False, num_workers=0
+    )
+    text = result_path(tmp_path, "clip-tiny", "vqav2").read_text()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))["metrics"]
+    assert sorted(v is None for v in metrics.values()) == [False, False, True, True]  # overall + its own type
+    assert res.scores["vqa_accuracy"] == 100 * metrics["vqa_accuracy"]

@@ -11,6 +11,7 @@ atomically. A capability the model lacks becomes an `n/a` result with its reason
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import resource
@@ -23,7 +24,7 @@ from typing import Any
 
 from mmbench import __version__, paths
 from mmbench.config import Registry, config_hash, parse_overrides, resolved_task_dict, to_dict
-from mmbench.errors import CapabilityError, ConfigError
+from mmbench.errors import CapabilityError, ConfigError, DataError
 from mmbench.lit.trainer import TrainerOptions
 from mmbench.protocols import RunContext, get_protocol
 from mmbench.results import store
@@ -160,9 +161,12 @@ def _run_one(
     missing = [m for m in tcfg.metrics if m not in out.metrics]
     if missing:
         raise ConfigError(f"task {tcfg.name!r}: protocol {tcfg.protocol!r} reported no metric {missing[0]!r}")
+    undefined = [k for k in tcfg.scores if not math.isfinite(out.metrics[k])]
+    if undefined:
+        raise DataError(f"task {tcfg.name!r}: score {undefined[0]!r} is undefined (NaN) on this data")
     result = TaskResult(
         status="ok",
-        metrics={k: float(v) for k, v in out.metrics.items()},
+        metrics={k: float(v) for k, v in out.metrics.items()},  # NaN (undefined on the data) is written as null
         scores=scores_from_metrics(out.metrics, tcfg.scores),
         n_samples=out.n_samples,
         details=out.details,

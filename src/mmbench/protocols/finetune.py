@@ -256,7 +256,7 @@ def _evaluate_splits(
         if not module.outputs:
             raise DataError(f"task {r.task.name!r}: the {split!r} split of {r.ctx.data_root} has no samples")
         scores = module.evaluate(module.outputs, module.extras)
-        _check_defined(r.task, split, scores)
+        _check_defined(r.task, split, {k: v for k, v in scores.items() if k in (*r.task.scores, r.task.primary)})
         metrics.update({f"{k}_{suffix}" if suffix else k: v for k, v in scores.items()})
         counts[split] = len(module.outputs["index"])
         per_rank[split] = list(module.samples_per_rank)

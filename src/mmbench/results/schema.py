@@ -7,6 +7,7 @@ A task the model cannot do is written with `status: "n/a"`, a `reason`, and no s
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ class TaskResult:
     domain: str
     protocol: str
     status: str  # "ok" | "n/a"
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]  # None: undefined on this data (e.g. a VQA answer type with no question)
     scores: dict[str, float]
     primary: str
     n_samples: int
@@ -42,7 +43,7 @@ class TaskResult:
         return self.data_source == "real" and self.limit is None and not self.random_init
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = _finite(asdict(self))
         return {"schema_version": d.pop("schema_version"), **d}
 
     @classmethod
@@ -65,6 +66,17 @@ class TaskResult:
         if res.data_source not in DATA_SOURCES:
             raise DataError(f"{where}: key 'data_source': {res.data_source!r} is not one of {DATA_SOURCES}")
         return res
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf anywhere (a metric undefined on the data, in details too) -> None: results are strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def scores_from_metrics(metrics: dict[str, float], score_keys: list[str]) -> dict[str, float]:

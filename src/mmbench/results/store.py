@@ -22,7 +22,7 @@ def write(output: Path, result: TaskResult) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(result.to_json(), f, indent=2, sort_keys=False)
+            json.dump(result.to_json(), f, indent=2, sort_keys=False, allow_nan=False)  # strict JSON
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
