@@ -4,6 +4,7 @@ protocol (Trainer, readers, official metrics) beats chance widely, and VQA beats
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 
 import pytest
@@ -21,7 +22,7 @@ def results(tmp_path_factory):
         "clip-tiny", "hateful_memes", data="synthetic", output=out, overrides=short, progress=False, num_workers=0
     )
     vqa = evaluate("clip-tiny", "vqav2", data="synthetic", output=out, progress=False, num_workers=0)
-    return {r.task: r for r in hm + vqa}
+    return {"out": out, **{r.task: r for r in hm + vqa}}
 
 
 def test_image_text_classification_beats_chance(results):
@@ -47,13 +48,20 @@ def test_vqa_beats_chance_and_the_question_alone(results, registry):
     assert res.metrics["vqa_accuracy"] > 5 / vocab_size, "far above a uniformly random answer"
     print(f"VQA accuracy {res.metrics['vqa_accuracy']:.3f}, question alone {blind:.3f}, uniform {1 / vocab_size:.3f}")
     assert res.metrics["vqa_accuracy"] > blind + 0.05, (res.metrics, blind)
+    # The paper's number comes from the server: test-dev predictions in the official result format.
     assert res.details["submissions"] == {"test-dev2015": "vqav2_test-dev2015_submission.json"}
+    sub = json.loads((results["out"] / "artifacts" / "clip-tiny" / "vqav2_test-dev2015_submission.json").read_text())
+    test_dev = list(reader.samples("test-dev2015"))
+    assert sorted(e["question_id"] for e in sub) == sorted(r["question_id"] for r in test_dev)
+    assert all(set(e) == {"question_id", "answer"} and e["answer"] in vocab_answers(reader) for e in sub)
+
+
+def vocab_answers(reader) -> set[str]:
+    return set(reader.answer_vocab(paths.cache_dir()).answers)
 
 
 def test_metrics_undefined_on_the_data_are_null_in_strict_json(tmp_path):
     """One VQA question has one answer type: the other per-type accuracies are undefined, recorded as null."""
-    import json
-
     from mmbench.results.store import result_path
 
     steps = ["task.data.synthetic.finetune.max_steps=2", "task.data.synthetic.finetune.val_every_steps=1"]

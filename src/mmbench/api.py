@@ -117,7 +117,7 @@ def evaluate(
                     num_workers=_default_workers(devices) if num_workers is None else num_workers,
                     seed=seed,
                     cache_dir=cache,
-                    artifact_dir=store.result_path(output, mcfg.name, tcfg.name).parent,
+                    artifact_dir=store.artifact_dir(output, mcfg.name),
                     run_key=chash,
                 )
                 result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)

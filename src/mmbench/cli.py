@@ -31,7 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", help="e.g. bf16-mixed, 16-mixed (default 32-true)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--output", help="results folder (default results/, or results/synthetic/ for --data synthetic)")
-    run.add_argument("--redo", action="store_true", help="run again even when an up-to-date result exists")
+    run.add_argument(
+        "--redo",
+        action="store_true",
+        help="run again even when an up-to-date result exists "
+        "(fine-tuning re-evaluates a finished run folder of the same config: delete it to retrain)",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -54,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--reported", help="paper numbers (default <results>/reported)")
     table.add_argument("--out", help="markdown file to write (default <results>/LEADERBOARD.md; CSV beside it)")
     table.add_argument("--check", action="store_true", help="exit 1 if the committed file differs from a fresh render")
+    table.add_argument("--print", dest="print_", action="store_true", help="also print the markdown")
     table.add_argument("--debug", action="store_true")
 
     data = sub.add_parser("data", help="dataset utilities")
@@ -175,6 +181,8 @@ def _table(args: argparse.Namespace) -> int:
         print(f"{out} is up to date")
         return 0
     table.write(board, out)
+    if args.print_:
+        print(board.markdown)
     print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
 

@@ -15,6 +15,12 @@ def result_path(output: Path, model: str, task: str) -> Path:
     return Path(output) / "runs" / model / f"{task}.json"
 
 
+def artifact_dir(output: Path, model: str) -> Path:
+    """Files a protocol writes beside the results (e.g. VQA server submissions): `<output>/artifacts/<model>/`,
+    kept out of `runs/` so that every JSON there is a result."""
+    return Path(output) / "artifacts" / model
+
+
 def write(output: Path, result: TaskResult) -> Path:
     """Write via a temporary file in the same folder and `os.replace`, so a crash never leaves half a file."""
     path = result_path(output, result.model, result.task)
