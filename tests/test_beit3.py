@@ -236,7 +236,10 @@ def test_release_url_is_downloaded_once_into_the_cache(tmp_path, monkeypatch, so
     one_line_error(e, "cannot download checkpoint", "missing.pth", "place it at", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("name, filename", [("beit3-base", "beit3_base_itc"), ("beit3-large", "beit3_large_itc")])
+@pytest.mark.parametrize(
+    "name, filename",
+    [("beit3", "beit3_base_itc"), ("beit3-base", "beit3_base_itc"), ("beit3-large", "beit3_large_itc")],
+)
 def test_release_presets_fail_cleanly_offline(name, filename):
     with pytest.raises(CheckpointError) as e:
         build_model(Registry(roots=[ROOT]).model(name))
