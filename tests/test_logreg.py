@@ -140,3 +140,21 @@ def test_gpu_fit_matches_cpu(data):
     x, y, xt, _ = data
     cpu, gpu = fit_logreg(x, y, 8, 1.0), fit_logreg(x.cuda(), y.cuda(), 8, 1.0)
     assert gpu.weight.is_cuda and torch.equal(gpu.predict(xt.cuda()).cpu(), cpu.predict(xt))
+
+
+def test_strong_regularisation_converges_from_a_cold_start():
+    """At lambda = 1e6 W's curvature dwarfs the intercept's (~1/K), so from c = 0 L-BFGS crawled and, in float32,
+    stalled unconverged; starting at the optimal intercept for W = 0 it converges at once. The solution is the
+    same: tightly solved in float64 from either start."""
+    g = torch.Generator().manual_seed(3)
+    x, y = gaussian_mixture(3000, 96, 20, seed=3, spread=0.3)
+    q, _ = torch.linalg.qr(torch.randn(96, 96, generator=g, dtype=torch.float64))
+    s = torch.arange(1, 97, dtype=torch.float64).pow(-0.5)
+    x = (((x.double() @ q) * s) @ q.T + 0.5 * torch.randn(96, generator=g, dtype=torch.float64)).float()
+    fit = fit_logreg(x, y, 20, 1e6)
+    assert fit.converged and fit.n_iter <= 5, (fit.n_iter, fit.grad_max)
+    tight = fit_logreg(x.double(), y, 20, 1e6, tol=1e-10, max_iter=5000)
+    sk = LogisticRegression(C=1e-6, max_iter=5000, tol=1e-10).fit(x.double().numpy(), y.numpy())
+    np.testing.assert_allclose(tight.weight.numpy().T, sk.coef_, atol=1e-8)
+    np.testing.assert_allclose(tight.bias.numpy(), sk.intercept_, atol=1e-5)
+    torch.testing.assert_close(fit.bias.double(), tight.bias, atol=1e-3, rtol=0)
