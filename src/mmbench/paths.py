@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,3 +40,24 @@ def cache_override(path: str | Path | None) -> Iterator[None]:
             os.environ.pop("MMBENCH_CACHE", None)
         else:
             os.environ["MMBENCH_CACHE"] = saved
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Produce `path` by `write(tmp)` on a hidden temporary file in the same folder, then `os.replace`: a reader
+    (another rank, a later run) never sees half a file, and a write that fails leaves nothing behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """`atomic_write` of text, with "\\n" line ends on every platform (committed files diff cleanly)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, newline=""))

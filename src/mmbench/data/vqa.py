@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from mmbench.data.base import Reader, Record, decode_image
 from mmbench.data.jsonfiles import read_json, require
 from mmbench.data.vqa_vocab import SOFT_SCORES, AnswerVocab
 from mmbench.errors import ConfigError, DataError
+from mmbench.paths import atomic_write_text
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "questions": "v2_OpenEnded_mscoco_{split}_questions.json",
@@ -179,7 +178,7 @@ class VqaReader(Reader):
                 mc_answers.append(require(ann, "multiple_choice_answer", str, f"{f}: annotations[{i}]"))
         vocab = AnswerVocab.build(mc_answers, min_count=min_count, soft_score=soft_score)
         meta = {"answers": vocab.answers, "hash": vocab.hash, "min_count": min_count, "splits": splits}
-        _atomic_write_text(cache, json.dumps({**meta, "sources": [f.name for f in files]}))
+        atomic_write_text(cache, json.dumps({**meta, "sources": [f.name for f in files]}))
         return vocab
 
 
@@ -204,15 +203,3 @@ def _annotations_by_question(afile: Path) -> dict[int, dict]:
             raise DataError(f"{where}: question_id {qid} annotated twice")
         out[qid] = ann
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -23,6 +23,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from mmbench.paths import atomic_write, atomic_write_text
+
 LAST, BEST, STATE = "last.ckpt", "best.pt", "state.json"
 
 
@@ -46,12 +48,6 @@ def prepare(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     return None
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class RunFolder(Callback):
@@ -97,7 +93,7 @@ class RunFolder(Callback):
             self.best_value, self.best_step = value, step
             if trainer.is_global_zero:
                 weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-                _atomic(self.folder / BEST, lambda p: torch.save(weights, p))
+                atomic_write(self.folder / BEST, lambda p: torch.save(weights, p))
         tmp = self.folder / f".{LAST}.tmp"
         trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
@@ -116,7 +112,7 @@ class RunFolder(Callback):
             "best_value": self.best_value,
             "history": self.history,
         }
-        _atomic(self.folder / STATE, lambda p: p.write_text(json.dumps(state, indent=1) + "\n"))
+        atomic_write_text(self.folder / STATE, json.dumps(state, indent=1) + "\n")
 
 
 def load_best(module: torch.nn.Module, folder: Path) -> bool:

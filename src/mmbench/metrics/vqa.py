@@ -25,11 +25,11 @@ MMF and open_flamingo normalise the references fully in every case, which is nei
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from mmbench.paths import atomic_write_text
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 REVISIONS = ("2017", "2021")
@@ -201,14 +201,4 @@ def write_submission(path: str | Path, question_ids: list[int], predicted: list[
             raise ValueError(f"write_submission: question_id {qid} appears twice")
         seen.add(qid)
     rows = [{"question_id": int(q), "answer": str(a)} for q, a in zip(question_ids, predicted)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(rows))

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shutil
 import string
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from mmbench.paths import cache_dir
+from mmbench.paths import atomic_write, cache_dir
 
 SPM_FILENAME = "sentencepiece.bpe.model"  # the file name XLMRobertaTokenizer.from_pretrained looks for
 
@@ -61,7 +60,7 @@ def tiny_sentencepiece_model() -> Path:
     if not (folder / SPM_FILENAME).is_file():
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, **_TINY_TRAINER)
-        _atomic_write(folder / SPM_FILENAME, buf.getvalue())
+        atomic_write(folder / SPM_FILENAME, lambda p: p.write_bytes(buf.getvalue()))
     return folder
 
 
@@ -79,16 +78,3 @@ def spm_tokenizer(spm_file: Path, max_length: int) -> Any:
     with tempfile.TemporaryDirectory(prefix="mmbench-spm-") as folder:
         shutil.copyfile(spm_file, Path(folder) / SPM_FILENAME)
         return XLMRobertaTokenizer.from_pretrained(folder, model_max_length=max_length)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write then rename, so that a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mmbench.paths import checkpoint_download_dir
+from mmbench.paths import atomic_write_text, checkpoint_download_dir
 from mmbench.schema import ModelConfig
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -126,15 +124,8 @@ class _Memo:
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fingerprints.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.entries, fh)
-            os.replace(tmp, self.path)  # concurrent writers (DDP ranks) may each lose the other's entries: harmless
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # concurrent writers (DDP ranks) may each lose the other's entries: harmless
+        atomic_write_text(self.path, json.dumps(self.entries))
 
 
 def _hidden(rel: Path) -> bool:

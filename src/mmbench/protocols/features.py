@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from mmbench.lit.predict import IndexedPredictor, StreamDataModule, predict
 from mmbench.lit.trainer import make_trainer
 from mmbench.models.base import ModelWrapper
 from mmbench.models.fingerprint import weights_fingerprint
+from mmbench.paths import atomic_write
 from mmbench.protocols.base import RunContext
 
 log = logging.getLogger("mmbench")
@@ -92,18 +91,8 @@ class FeatureCache:
         return SplitFeatures(feats, labels)
 
     def save(self, key: str, feats: SplitFeatures, parts: dict[str, Any]) -> Path:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            entry = {"features": feats.features, "labels": feats.labels, "parts": json.dumps(parts, default=str)}
-            torch.save(entry, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        entry = {"features": feats.features, "labels": feats.labels, "parts": json.dumps(parts, default=str)}
+        return atomic_write(self.path(key), lambda tmp: torch.save(entry, tmp))
 
 
 class _Collate:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from mmbench.errors import DataError
+from mmbench.paths import atomic_write_text
 from mmbench.results.schema import TaskResult
 
 
@@ -23,18 +22,8 @@ def artifact_dir(output: Path, model: str) -> Path:
 
 def write(output: Path, result: TaskResult) -> Path:
     """Write via a temporary file in the same folder and `os.replace`, so a crash never leaves half a file."""
-    path = result_path(output, result.model, result.task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result.to_json(), f, indent=2, sort_keys=False, allow_nan=False)  # strict JSON
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(result.to_json(), indent=2, sort_keys=False, allow_nan=False) + "\n"  # strict JSON
+    return atomic_write_text(result_path(output, result.model, result.task), text)
 
 
 def read(path: Path) -> TaskResult:

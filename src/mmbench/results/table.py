@@ -22,14 +22,13 @@ import csv
 import difflib
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from mmbench.errors import DataError
+from mmbench.paths import atomic_write_text
 from mmbench.results import store
 from mmbench.results.layout import LAYOUT_FILE, Layout, Reported, load_layout, load_reported
 from mmbench.results.schema import TaskResult
@@ -142,8 +141,8 @@ def render(results_dir: Path, reported_dir: Path) -> Leaderboard:
 def write(leaderboard: Leaderboard, out_md: Path) -> None:
     """Write `out_md` and the CSV beside it (same stem), each via a temporary file and `os.replace`."""
     out_md = Path(out_md)
-    _atomic_write(out_md, leaderboard.markdown)
-    _atomic_write(out_md.with_suffix(".csv"), leaderboard.csv)
+    atomic_write_text(out_md, leaderboard.markdown)
+    atomic_write_text(out_md.with_suffix(".csv"), leaderboard.csv)
 
 
 def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
@@ -316,18 +315,6 @@ def _csv_rows(table: str, layout: Layout, columns: list[_Column]) -> list[list[s
 
 def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:  # "\n" on every platform, so the committed file diffs cleanly
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _line_differences(path: Path, committed: list[str], fresh: list[str]) -> list[str]:
