@@ -83,12 +83,12 @@ def _objective(z: Tensor, y: Tensor, v: Tensor, c: Tensor, l2: float, chunk_rows
 
 @contextmanager
 def _threads_for(work: int, device: torch.device) -> Iterator[None]:
-    """CPU solves up to ~2e9 multiply-adds per pass (20,000 x 768 x 100 is 1.5e9) run on one thread. L-BFGS is a
-    chain of small dependent ops (dots over the parameters, a logsumexp over N x K), where thread hand-offs cost
-    more than they save: measured on a shared two-core machine, one thread evaluated the objective 2.4x (20,000 x
-    768 x 100) to 9x (8,000 x 384 x 50) faster than two. One thread also keeps the numbers independent of the core
-    count, and keeps the ranks of a CPU multi-process run (each fits the same classifier) from oversubscribing the
-    cores. Larger problems belong on a GPU; on a CPU they keep torch's thread count."""
+    """CPU solves up to ~2e9 multiply-adds per pass (20,000 x 768 x 100 is 1.5e9) run on one thread. The reasons are
+    reproducibility and robustness, not raw speed: one thread keeps the numbers independent of the core count and
+    of how many processes share the machine (the ranks of a CPU multi-process run each fit the same classifier, and
+    must not oversubscribe the cores). Speed depends on load: on a busy two-core machine one thread evaluated the
+    objective 2.4x (20,000 x 768 x 100) to 9x (8,000 x 384 x 50) faster than two; on an idle one, two threads were
+    1.6-1.7x faster. Larger problems belong on a GPU; on a CPU they keep torch's thread count."""
     if device.type != "cpu" or work >= SMALL_PROBLEM:
         yield
         return
