@@ -1,6 +1,6 @@
 """Fine-tuning under a real Lightning Trainer on synthetic GLUE: the recipe's parts (schedule, weight-decay groups,
-sample stream, heads), learnability, accumulation, precision, clear errors; kill-and-resume and 2-process
-evaluation run in real subprocesses."""
+sample stream, heads), learnability, accumulation, precision, MNLI's second evaluation split, clear errors;
+kill-and-resume, 2-process evaluation and 2-process training run in real subprocesses."""
 
 from __future__ import annotations
 
