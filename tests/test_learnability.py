@@ -31,6 +31,10 @@ def test_image_text_classification_beats_chance(results):
     # ROC-AUC of a coin is 0.5; the labels need image and text together (each alone gives ~0.55-0.60).
     print(f"Hateful Memes ROC-AUC {res.metrics['roc_auc']:.3f} (chance 0.5)")
     assert res.metrics["roc_auc"] > 0.8
+    # selected on a seeded 6% of train (180 of 3000 memes), never on dev_seen, which is scored
+    sel = res.details["selection"]
+    assert sel["rule"] == "holdout" and sel["data"]["n"] == 180 and res.details["n_train"] == 2820
+    assert not sel["is_scored_split"] and res.details["n_eval"] == {"dev_seen": 300}
 
 
 def test_vqa_beats_chance_and_the_question_alone(results, registry):
@@ -48,6 +52,10 @@ def test_vqa_beats_chance_and_the_question_alone(results, registry):
     assert res.metrics["vqa_accuracy"] > 5 / vocab_size, "far above a uniformly random answer"
     print(f"VQA accuracy {res.metrics['vqa_accuracy']:.3f}, question alone {blind:.3f}, uniform {1 / vocab_size:.3f}")
     assert res.metrics["vqa_accuracy"] > blind + 0.05, (res.metrics, blind)
+    # the final checkpoint of the fixed schedule: nothing was evaluated on val2014 before it was scored
+    sel = res.details["selection"]
+    assert (sel["rule"], sel["data"], sel["chosen_step"], res.details["evaluated"]) == ("final", None, 1000, "final")
+    assert all(set(h) == {"step"} for h in res.details["val_history"])
     # The paper's number comes from the server: test-dev predictions in the official result format.
     assert res.details["submissions"] == {"test-dev2015": "vqav2_test-dev2015_submission.json"}
     sub = json.loads((results["out"] / "artifacts" / "clip-tiny" / "vqav2_test-dev2015_submission.json").read_text())

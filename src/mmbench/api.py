@@ -59,6 +59,7 @@ def evaluate(
     seed: int = 0,
     output: str | Path | None = None,
     redo: bool = False,
+    fresh: bool = False,
     overrides: Iterable[str] = (),
     num_workers: int | None = None,
     progress: bool = True,
@@ -69,6 +70,8 @@ def evaluate(
     """Evaluate one or more models on tasks and/or groups; returns one `TaskResult` per (model, task).
 
     `overrides` are `--set` items (`model.KEY=VALUE`, `task.KEY=VALUE`) applied to every model / task.
+    `redo` runs tasks whose result is up to date again; `fresh` also discards resumable fine-tuning state (run
+    folders, a corrupt checkpoint included) so training starts from the beginning.
     """
     models = [model] if isinstance(model, str) else list(model)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
@@ -97,7 +100,7 @@ def evaluate(
                 step = m_i * len(task_cfgs) + t_i + 1
                 run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
                 chash = config_hash(mcfg, tcfg, run_info)
-                existing = None if redo else store.find_complete(output, mcfg.name, tcfg.name, chash)
+                existing = None if redo or fresh else store.find_complete(output, mcfg.name, tcfg.name, chash)
                 if existing is not None:
                     log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
                     results.append(existing)
@@ -119,6 +122,7 @@ def evaluate(
                     cache_dir=cache,
                     artifact_dir=store.artifact_dir(output, mcfg.name),
                     run_key=chash,
+                    fresh=fresh,
                 )
                 result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)
                 if is_zero:

@@ -35,7 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         "--redo",
         action="store_true",
         help="run again even when an up-to-date result exists "
-        "(fine-tuning re-evaluates a finished run folder of the same config: delete it to retrain)",
+        "(fine-tuning resumes or re-evaluates its run folder of the same config: --fresh retrains)",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="like --redo, and fine-tuning discards its run folder (checkpoints, a corrupt one included) and "
+        "trains from the start instead of resuming",
     )
     run.add_argument(
         "--set",
@@ -118,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         output=args.output,
         redo=args.redo,
+        fresh=args.fresh,
         overrides=args.overrides,
         num_workers=args.num_workers,
         progress=not args.no_progress,

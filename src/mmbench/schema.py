@@ -40,7 +40,10 @@ class ModelConfig:
     random_init: bool = False  # tiny presets: same architecture, random weights, labelled as such in results
     init_seed: int = 0
     trust_remote_code: bool = False
-    max_text_length: int = 77
+    max_text_length: int = 77  # image-text inputs (the contrastive length for CLIP and FLAVA)
+    # Text-only inputs (GLUE): FLAVA's own code uses 512 for text-only tasks and 77 for image-text ones.
+    # None = max_text_length. Either is capped at the positions the built model has (`max_text_positions`).
+    text_only_max_length: int | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     arch: dict[str, Any] = field(default_factory=dict)  # wrapper-specific; each wrapper validates its own
     finetune: dict[str, Any] = field(default_factory=dict)  # wrapper-specific fine-tuning defaults (what to freeze)
@@ -107,12 +110,24 @@ class FinetuneParams:
     max_steps: int = 1000  # optimizer updates
     batch_size: int = 32  # effective batch per update, reached by gradient accumulation
     device_batch_size: int | None = None  # per device and micro-step; None = batch_size
-    max_text_length: int | None = None  # None = the model preset's
+    # None = the model preset's: `text_only_max_length` for input: text, `max_text_length` for input: pair
+    max_text_length: int | None = None
     image_size: int | None = None  # e.g. 480 for VQA; None = the preset's
     train_split: str = "train"
-    val_split: str | None = None  # split that selects the best checkpoint; None = data.split
-    val_every_steps: int = 1000
+    # Which checkpoint is evaluated (`mmbench.lit.run_folder`):
+    #   split: the best on `val_split` (GLUE: dev, which is also the scored split; the result says so);
+    #   holdout: the best on a seeded hold-out of `train_split` (`holdout_fraction` of it, removed from training);
+    #   final: the last one (fixed-schedule recipes); nothing is evaluated during training.
+    selection: str = "split"
+    val_split: str | None = None  # selection: split: the split that selects; None = data.split
+    holdout_fraction: float = 0.05
+    holdout_seed: int = 0
+    val_every_steps: int = 1000  # validation (and the resumable checkpoint) every this many updates, and at the end
     select_metric: str | None = None  # None = the task's primary metric
+    # Validation values within this of the best so far are ties and the incumbent (earlier) checkpoint keeps its
+    # place, so a pick does not flip on rounding: 1e-5 is above the float32 noise of correlations and ROC-AUC
+    # (~1e-7) and below one sample of the largest dev set (QQP, 40,430: 2.5e-5), so a real difference counts.
+    select_tolerance: float = 1e-5
     # more evaluation splits, metric suffix -> split: MNLI {mismatched: validation_mismatched} -> accuracy_mismatched
     eval_splits: dict[str, str] = field(default_factory=dict)
     # Splits predicted but not scored (hidden labels), written as submission files: VQAv2 test-dev for the server.

@@ -13,9 +13,11 @@ fewer than 2 dimensions (biases, LayerNorm and other norm gains, scalar gates) g
 RoBERTa / BEiT-3 fine-tuning code. Schedule: linear warm-up over `warmup_steps` updates, then cosine or linear
 ("polynomial", power 1, fairseq's `polynomial_decay`) decay to 0 at `max_steps`.
 
-Dropout masks of each micro-batch are drawn from a generator seeded by (seed, micro-batch number, rank), so a run
-resumed from a checkpoint draws exactly the masks the uninterrupted run drew, whatever else consumed random numbers
-in between (no RNG state needs saving).
+Dropout masks of each micro-batch are drawn from a generator seeded by (seed, the micro-batch's position in the
+global sample stream of `mmbench.lit.finetune_data`), so a run resumed from a checkpoint draws exactly the masks the
+uninterrupted run drew, whatever else consumed random numbers in between (no RNG state needs saving), and the same
+samples get the same masks however an update is split into ranks x accumulation (with the same device batch):
+two processes train exactly as one process accumulating two micro-batches.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _micro_seed(seed: int, micro: int, rank: int) -> int:
-    return (seed * 1_000_003 + micro * 8_191 + rank) % (2**63 - 1)
+def _micro_seed(seed: int, chunk: int) -> int:
+    return (seed * 1_000_003 + chunk * 8_191) % (2**63 - 1)
 
 
 class FinetuneModule(L.LightningModule):
@@ -101,7 +103,8 @@ class FinetuneModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         micro = self.global_step * self.accumulate + batch_idx % self.accumulate
-        seed = _micro_seed(self.seed, micro, self.global_rank)
+        # the position of this micro-batch in the global stream (`StepSampler.positions`), in micro-batches
+        seed = _micro_seed(self.seed, micro * self.trainer.world_size + self.global_rank)
         # Only the generators this step draws from: `torch.manual_seed` would also queue a lazy seeding of every
         # CUDA device (with a captured stack trace), about 1 ms per step on a CPU run.
         torch.default_generator.manual_seed(seed)

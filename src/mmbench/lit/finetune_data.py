@@ -13,18 +13,20 @@ is the slice ((s * accumulate + j) * world + r) * B : ... + B. Hence
 
 One Lightning "epoch" is one validation interval (`val_every_steps` updates, the last one shorter), so validation
 runs at the end of each epoch, and the train loader is rebuilt each epoch at the right stream position.
-Evaluation uses `IndexedStream` (block-aligned sample split, gathered by index): exact under DDP.
+Evaluation uses `IndexedStream` over a split, or `TableStream` over a hold-out of the training table (the same
+block-aligned sample split, gathered by index): exact under DDP. With `selection: holdout` the training table is
+`holdout_split`'s kept rows, so no held-out record is ever trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from mmbench.data.base import IndexedStream, Reader, Record
 from mmbench.errors import DataError
@@ -78,6 +80,53 @@ class Table(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.to_item(self.records[i])
+
+
+class Rows(Sequence):
+    """Some rows of a table, by position (a view: the records stay where the table keeps them)."""
+
+    def __init__(self, table: Sequence[Record], positions: Tensor):
+        self.table, self.positions = table, positions  # (n,) int64, 8 bytes a row
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> Record:
+        return self.table[int(self.positions[i])]
+
+
+def holdout_split(table: Sequence[Record], fraction: float, seed: int) -> tuple[Rows, Rows]:
+    """(rows kept for training, rows held out for selection): a seeded `fraction` of the table (at least one row
+    on each side), both in table order. Held-out records keep their `index` in the split."""
+    n = len(table)
+    if n < 2:
+        raise DataError(f"the training split has {n} record: too few to hold out part of it for selection")
+    held = min(n - 1, max(1, round(n * fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return Rows(table, order[held:].sort().values), Rows(table, order[:held].sort().values)
+
+
+class TableStream(IterableDataset):
+    """Evaluation over the rows of a table (the held-out part of the training split), partitioned exactly like
+    `mmbench.data.IndexedStream`: blocks of `block_size` consecutive rows, block b to part b % (ranks x workers),
+    so a multi-process evaluation gathers exactly the single-process outputs. An empty table is a valid stream
+    (selection: final checks nothing, but every interval still ends in a checkpoint)."""
+
+    def __init__(self, rows: Sequence[Record], to_item: Callable[[Record], dict[str, Any]], block_size: int):
+        super().__init__()
+        self.rows, self.to_item, self.block_size = rows, to_item, block_size
+        self.rank, self.world_size = 0, 1
+
+    def set_partition(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        n_parts, part = self.world_size * workers, self.rank * workers + worker
+        for first in range(part * self.block_size, len(self.rows), n_parts * self.block_size):
+            for pos in range(first, min(first + self.block_size, len(self.rows))):
+                yield self.to_item(self.rows[pos])
 
 
 def item_fn(
@@ -153,7 +202,7 @@ class FinetuneData(L.LightningDataModule):
     def __init__(
         self,
         train: Table,
-        val: IndexedStream,
+        val: IndexedStream | TableStream,
         collate: Collate,
         micro_batch: int,
         accumulate: int,

@@ -1,13 +1,25 @@
-"""The folder of one fine-tuning run: best-checkpoint selection and resume after a kill.
+"""The folder of one fine-tuning run: checkpoint selection and resume after a kill.
 
 `<cache>/finetune/<model>/<task>/<config hash>/` holds
 - `last.ckpt`: the full Lightning state (weights, optimiser, scheduler, loop progress, this callback's selection
-  state) after the latest validation; a re-run of the same command resumes from it;
-- `best.pt`: the weights (a plain state dict, loaded with `weights_only=True`) at the best validation so far;
-- `state.json`: the step of `last.ckpt`, whether training is done, the selection rule, the best step and value and
-  the whole validation history (read by the protocol without loading a checkpoint; for people too).
+  state) at the end of the latest interval; a re-run of the same command resumes from it;
+- `best.pt`: the weights (a plain state dict, loaded with `weights_only=True`) of the checkpoint selected so far;
+- `state.json`: the step of `last.ckpt`, whether training is done, the selection rule, the chosen step and value
+  and the whole validation history (read by the protocol without loading a checkpoint; for people too).
+
+Selection (`FinetuneParams.selection`), checked at the end of every interval (`val_every_steps`) and at the last
+step:
+- `split` / `holdout`: the best value of the selection metric, higher is better. A value within `tolerance` of the
+  incumbent's is a tie that the incumbent keeps (`improves`), so among tied values the earliest step wins and a
+  pick does not flip on rounding noise. NaN is never selected; when no validation value was defined by the last
+  step, the final weights are taken and `chosen_by` says so.
+- `final`: the weights at the last step (fixed-schedule recipes); no value is compared.
+
 Every file is written to a temporary name and renamed, so a kill never leaves half a file; `best.pt` is written
-before `last.ckpt`, and a resumed run that repeats an interval rewrites it with identical weights.
+before `last.ckpt`, and a resumed run that repeats an interval rewrites it with identical weights. A write that
+fails (disk full) removes its temporary file and raises `CheckpointError` naming the file. Before a resume both
+checkpoints are opened (memory-mapped: no tensor is read), so a corrupt one stops the run before any step, naming
+the file and how to start afresh (`mmbench run --fresh`).
 """
 
 from __future__ import annotations
@@ -23,9 +35,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mmbench.paths import atomic_write, atomic_write_text
+from mmbench.errors import CheckpointError
+from mmbench.paths import atomic_write
 
 LAST, BEST, STATE = "last.ckpt", "best.pt", "state.json"
+FRESH_HINT = "run the same command with --fresh to discard this run folder and train from the start"
+SELECTIONS = ("split", "holdout", "final")
+
+
+def improves(value: float, best: float | None, tolerance: float) -> bool:
+    """Does `value` take the incumbent `best`'s place? Never when NaN; a value within `tolerance` of the
+    incumbent is a tie, which the incumbent keeps."""
+    if math.isnan(value):
+        return False
+    return best is None or value > best + tolerance
 
 
 def read_state(folder: Path) -> dict[str, Any] | None:
@@ -35,30 +58,62 @@ def read_state(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def prepare(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+def prepare(folder: Path, fingerprint: str, fresh: bool = False) -> dict[str, Any] | None:
     """The state of a resumable run in `folder` (`{}` when a kill came between `last.ckpt` and `state.json`),
     or None for a fresh start. A folder made from other data (another training-set size or answer vocabulary
     under the same config) is cleared rather than resumed, and so are the leftovers of a run killed before its
-    first checkpoint."""
-    state = read_state(folder)
-    if state is not None and state.get("fingerprint") != fingerprint:
-        shutil.rmtree(folder, ignore_errors=True)
+    first checkpoint, and everything when `fresh`. A corrupt checkpoint raises `CheckpointError` naming it."""
+    folder = Path(folder)
+    state = None if fresh else read_state(folder)
+    if fresh or (state is not None and state.get("fingerprint") != fingerprint):
+        pass
     elif (folder / LAST).is_file():
-        return state or {}
+        saved = open_checkpoint(folder / LAST)
+        if (folder / BEST).is_file():
+            open_checkpoint(folder / BEST)
+        own = saved.get("callbacks", {}).get(RunFolder.__qualname__, {})
+        if own.get("fingerprint", fingerprint) == fingerprint:
+            for leftover in folder.glob(".*.tmp"):  # a kill in the middle of a write
+                leftover.unlink(missing_ok=True)
+            return state or {}
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     return None
 
 
-class RunFolder(Callback):
-    """After every validation inside `fit`: update the best (by `select`, higher is better; NaN never wins),
-    then write `last.ckpt` and `state.json`."""
+def open_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint opened memory-mapped (tensors are not read), or `CheckpointError` naming the file."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file raises (zip, pickle, EOF), one message
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: unreadable fine-tuning checkpoint ({reason}); {FRESH_HINT}") from None
+    if not isinstance(saved, dict) or (path.name == LAST and "state_dict" not in saved):
+        raise CheckpointError(f"{path}: not a fine-tuning checkpoint; {FRESH_HINT}")
+    return saved
 
-    def __init__(self, folder: Path, select: str, max_steps: int, fingerprint: str, rule: dict[str, Any]):
+
+class RunFolder(Callback):
+    """At the end of every interval inside `fit`: update the selection (see the module docstring), then write
+    `best.pt` when it changed, `last.ckpt` and `state.json`."""
+
+    def __init__(
+        self,
+        folder: Path,
+        select: str,
+        max_steps: int,
+        fingerprint: str,
+        rule: dict[str, Any],
+        mode: str = "split",
+        tolerance: float = 0.0,
+    ):
+        if mode not in SELECTIONS:
+            raise ValueError(f"selection {mode!r}: expected one of {', '.join(SELECTIONS)}")
         self.folder, self.select, self.max_steps = Path(folder), select, max_steps
-        self.fingerprint, self.rule = fingerprint, rule
+        self.fingerprint, self.rule, self.mode, self.tolerance = fingerprint, rule, mode, tolerance
         self.best_value: float | None = None
         self.best_step: int | None = None
+        self.chosen_by: str | None = None
         self.history: list[dict[str, float]] = []
         self.resumed_from: int | None = None
 
@@ -74,10 +129,17 @@ class RunFolder(Callback):
             self.write_state(trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_value": self.best_value, "best_step": self.best_step, "history": self.history}
+        return {
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "chosen_by": self.chosen_by,
+            "history": self.history,
+            "fingerprint": self.fingerprint,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_value, self.best_step = state["best_value"], state["best_step"]
+        self.chosen_by = state.get("chosen_by", "value" if self.best_step is not None else None)
         self.history = list(state["history"])
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -88,18 +150,40 @@ class RunFolder(Callback):
             return  # Lightning repeats an interrupted validation on resume: already recorded
         metrics = {k: float(v) for k, v in module.val_metrics.items()}
         self.history.append({"step": step, **metrics})
-        value = metrics.get(self.select, math.nan)
-        if not math.isnan(value) and (self.best_value is None or value > self.best_value):
-            self.best_value, self.best_step = value, step
-            if trainer.is_global_zero:
-                weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-                atomic_write(self.folder / BEST, lambda p: torch.save(weights, p))
-        tmp = self.folder / f".{LAST}.tmp"
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        if self.choose(step, metrics) and trainer.is_global_zero:
+            weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            _write(self.folder / BEST, lambda p: torch.save(weights, p))
+        self._write_last(trainer)
         if trainer.is_global_zero:
-            os.replace(tmp, self.folder / LAST)
             self.write_state(step)
         trainer.strategy.barrier("mmbench.run_folder")
+
+    def choose(self, step: int, metrics: dict[str, float]) -> bool:
+        """Does the checkpoint of `step` become the selected one? Updates the selection state."""
+        last = step >= self.max_steps
+        if self.mode == "final":
+            chosen, by, value = last, "final", None
+        else:
+            value = metrics.get(self.select, math.nan)
+            chosen, by = improves(value, self.best_value, self.tolerance), "value"
+            if not chosen and last and self.best_step is None:
+                chosen, by, value = True, "final (no defined validation value)", None
+        if chosen:
+            self.best_step, self.best_value, self.chosen_by = step, value, by
+        return chosen
+
+    def _write_last(self, trainer: L.Trainer) -> None:
+        path = self.folder / LAST
+        tmp = self.folder / f".{LAST}.tmp"
+        try:
+            trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, path)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot write the fine-tuning checkpoint ({e.strerror or e})") from None
+        finally:
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
 
     def write_state(self, step: int) -> None:
         state = {
@@ -107,12 +191,24 @@ class RunFolder(Callback):
             "max_steps": self.max_steps,
             "done": step >= self.max_steps,
             "fingerprint": self.fingerprint,
-            "selection": {**self.rule, "metric": self.select},
+            "selection": self.rule,
             "best_step": self.best_step,
             "best_value": self.best_value,
+            "chosen_by": self.chosen_by,
             "history": self.history,
         }
-        atomic_write_text(self.folder / STATE, json.dumps(state, indent=1) + "\n")
+        text = json.dumps(state, indent=1) + "\n"
+        _write(self.folder / STATE, lambda p: p.write_text(text, newline=""))
+
+
+def _write(path: Path, write: Any) -> None:
+    """`atomic_write`, with a failure (disk full) as one line naming the file. `torch.save` into a file reports
+    a failed write as a RuntimeError of its zip writer."""
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:
+        reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: cannot write ({reason})") from None
 
 
 def load_best(module: torch.nn.Module, folder: Path) -> bool:
@@ -120,5 +216,10 @@ def load_best(module: torch.nn.Module, folder: Path) -> bool:
     path = Path(folder) / BEST
     if not path.is_file():
         return False
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(weights)
+    except Exception as e:  # noqa: BLE001 - a damaged file or one of another architecture: one message
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: unreadable fine-tuning checkpoint ({reason}); {FRESH_HINT}") from None
     return True

@@ -32,6 +32,7 @@ class RunContext:
     cache_dir: Path = field(default_factory=cache_dir)
     artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
     run_key: str | None = None  # the result's config hash: names resumable state (fine-tuning checkpoints)
+    fresh: bool = False  # discard resumable state (fine-tuning run folders) instead of resuming from it
     _model: ModelWrapper | None = field(default=None, repr=False)
 
     def model(self, fresh: bool = False) -> ModelWrapper:

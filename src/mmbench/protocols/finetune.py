@@ -10,9 +10,19 @@ checkpoint, evaluate it on the task's split(s).
   `--limit N` caps every split (train included) at N samples.
 - Resume: checkpoints live in `<cache>/finetune/<model>/<task>/<config hash>/` (`mmbench.lit.run_folder`); the
   same command after a kill resumes from `last.ckpt`; a finished folder is only re-evaluated.
-- Selection: `select_metric` (default: the primary) on `val_split` (default `data.split`), higher is better,
-  checked every `val_every_steps` updates and after the last; the rule, best step and history go in `details`.
-- Evaluation: the best weights on `data.split`, plus each `eval_splits` entry (MNLI mismatched), predictions
+- Checks first: every split the run reads (train, selection, `data.split`, `eval_splits`, `predict_splits`) goes
+  through the reader's `check`, labelled ones must have labels, and the VQA answer vocabulary is built, all before
+  the first step, so a missing test-dev file does not end a run after hours of training.
+- Text length: `finetune.max_text_length`, else the preset's `text_only_max_length` for `input: text` (FLAVA: 512,
+  its own text-only length) or `max_text_length` for `input: pair` (the image-text length), never more than the
+  model's positions (`max_text_positions`); recorded in `details.text_length`.
+- Selection (`finetune.selection`, `mmbench.lit.run_folder`): `split` = the best `select_metric` (default: the
+  primary) on `val_split` (default `data.split`: then the selection split is the scored split, and
+  `details.selection.is_scored_split` says so: GLUE, as in the fairseq recipe the paper used); `holdout` = the best
+  on a seeded hold-out of the training split, removed from training (Hateful Memes); `final` = the last
+  checkpoint (VQAv2's fixed schedule). Checked every `val_every_steps` updates and after the last; scores within
+  `select_tolerance` of the incumbent are ties it keeps. The rule, its data and the chosen step go in `details`.
+- Evaluation: the selected weights on `data.split`, plus each `eval_splits` entry (MNLI mismatched), predictions
   gathered by sample index across ranks and scored once.
 """
 
@@ -34,14 +44,22 @@ from mmbench.data import IndexedStream, open_reader
 from mmbench.errors import ConfigError, DataError
 from mmbench.lit import run_folder
 from mmbench.lit.finetune import FinetuneModule, freeze_unused, set_dropout
-from mmbench.lit.finetune_data import Collate, FinetuneData, Table, item_fn, training_table
+from mmbench.lit.finetune_data import (
+    Collate,
+    FinetuneData,
+    Table,
+    TableStream,
+    holdout_split,
+    item_fn,
+    training_table,
+)
 from mmbench.lit.heads import HEADS, make_head
 from mmbench.lit.predict import StreamDataModule
 from mmbench.lit.trainer import make_trainer
 from mmbench.metrics import classification
 from mmbench.models.base import Capability
 from mmbench.protocols.base import ProtocolOutput, RunContext
-from mmbench.schema import FinetuneParams, TaskConfig
+from mmbench.schema import FinetuneParams, ModelConfig, TaskConfig
 
 log = logging.getLogger("mmbench")
 
@@ -122,18 +140,26 @@ class _Run:
     collate: Collate
     eval_transform: Any
 
+    @property
+    def block_size(self) -> int:
+        return self.ctx.batch_size or self.p.device_batch_size or self.p.batch_size
+
     def stream(self, split: str) -> IndexedStream:
-        p, ctx = self.p, self.ctx
-        to_item = item_fn(p.head, p.input, split, self.eval_transform, self.vocab)
-        return IndexedStream(
-            self.reader, split, to_item, ctx.batch_size or p.device_batch_size or p.batch_size, ctx.limit
-        )
+        to_item = item_fn(self.p.head, self.p.input, split, self.eval_transform, self.vocab)
+        return IndexedStream(self.reader, split, to_item, self.block_size, self.ctx.limit)
+
+    def selection_stream(self, val_split: str, held_out: Any) -> IndexedStream | TableStream:
+        """What selection evaluates: the validation split, the held-out training rows, or nothing (final)."""
+        p = self.p
+        if p.selection == "split":
+            return self.stream(val_split)
+        to_item = item_fn(p.head, p.input, f"{p.train_split} (hold-out)", self.eval_transform, self.vocab)
+        return TableStream(held_out if p.selection == "holdout" else [], to_item, self.block_size)
 
 
 def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     p = effective_params(task, ctx.data_source == "synthetic")
-    if p.head not in HEADS or p.input not in ("text", "pair"):
-        raise ConfigError(f"task {task.name!r}: finetune.head {p.head!r} / input {p.input!r} is not supported")
+    _check_params(task, p)
     needed = Capability.TEXT if p.input == "text" else Capability.FUSION
     ctx.require(needed, f"fine-tuning on {'text' if p.input == 'text' else 'image+text'}")
     evals = split_metrics(task, p)
@@ -144,33 +170,37 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
 
     reader = open_reader(task, ctx.data_root)
     val_split = p.val_split or task.data.split
-    for split in sorted({p.train_split, val_split, *(s for s, _ in evals.values())}):
-        reader.check(split)
-        _require_labels(reader, split, p.head)
-    vocab = reader.answer_vocab(ctx.cache_dir) if p.head == "vqa" else None
+    check_data(reader, p, evals, val_split)
+    vocab = reader.answer_vocab(ctx.cache_dir) if p.head == "vqa" else None  # names a missing vocabulary file
     table = training_table(reader, p.train_split, ctx.limit)
+    trained, held_out = table, None
+    if p.selection == "holdout":  # removed from training: selection never sees a record the model trained on
+        trained, held_out = holdout_split(table, p.holdout_fraction, p.holdout_seed)
     fingerprint = hashlib.sha256(f"{len(table)}/{vocab.hash if vocab else ''}".encode()).hexdigest()[:16]
     key = ctx.run_key or config_hash(ctx.model_cfg, task, {"seed": ctx.seed, "limit": ctx.limit})
     folder = ctx.cache_dir / "finetune" / ctx.model_cfg.name / task.name / key.split(":")[-1]
-    state = run_folder.prepare(folder, fingerprint)
+    state = run_folder.prepare(folder, fingerprint, fresh=ctx.fresh)
 
-    module, frozen = _build_module(ctx, p, vocab, _evaluator(p, evals[""][1], vocab, val_split), accumulate)
+    rule = _rule(task, p, val_split, select, held_out)
+    evaluate = _evaluator(p, evals[""][1], vocab, val_split if p.selection == "split" else "the hold-out")
+    module, frozen = _build_module(ctx, p, vocab, evaluate, accumulate)
+    length = text_length(p, ctx.model_cfg, module.model)
     pair = p.input == "pair"
-    collate = Collate(module.model, p.head, p.max_text_length)
+    collate = Collate(module.model, p.head, length["used"])
     train_transform = module.model.image_transform(train=True, image_size=p.image_size) if pair else None
-    train_set = Table(table, item_fn(p.head, p.input, p.train_split, train_transform, vocab, train=True))
+    train_set = Table(trained, item_fn(p.head, p.input, p.train_split, train_transform, vocab, train=True))
     unused = freeze_unused(module, collate([train_set[i] for i in range(min(2, len(train_set)))]))
     eval_transform = module.model.image_transform(train=False, image_size=p.image_size) if pair else None
     r = _Run(task, ctx, p, reader, vocab, folder, module, collate, eval_transform)
 
-    callback = run_folder.RunFolder(folder, select, p.max_steps, fingerprint, _rule(p, val_split))
+    callback = run_folder.RunFolder(folder, select, p.max_steps, fingerprint, rule, p.selection, p.select_tolerance)
     if state is not None and state.get("done") or p.max_steps == 0:
         trainer = make_trainer(ctx.trainer)  # a finished run folder: evaluate only
         summary = {"resumed_from": state.get("step", 0) if state else 0, **(state or {})}
     else:
         data = FinetuneData(
-            train_set, r.stream(val_split), collate, micro, accumulate, p.max_steps, p.val_every_steps, ctx.seed,
-            ctx.num_workers,
+            train_set, r.selection_stream(val_split, held_out), collate, micro, accumulate, p.max_steps,
+            p.val_every_steps, ctx.seed, ctx.num_workers,
         )  # fmt: skip
         trainer = _fit(r, data, callback, accumulate, resume=state is not None)
         summary = {"resumed_from": callback.resumed_from, **callback.state_dict()}
@@ -178,30 +208,98 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     metrics, counts, per_rank = _evaluate_splits(r, trainer, evals)
     submissions = _predict_splits(r, trainer)
 
-    details = {
-        "format": reader.format,
-        "selection": {**_rule(p, val_split), "metric": select},
-        "best_step": summary.get("best_step") if selected else None,
-        "best_value": summary.get("best_value") if selected else None,
-        "evaluated": "best" if selected else "final (no validation selected a checkpoint)",
-        "val_history": summary.get("history", []),
-        "resumed_from_step": summary["resumed_from"],
-        "steps": p.max_steps,
+    info = {
+        "rule": rule,
+        "summary": summary,
+        "selected": selected,
         "batch": {"effective": p.batch_size, "device": micro, "devices": world, "accumulate": accumulate},
-        "n_train": len(table),
-        "n_eval": counts,
-        "samples_per_rank": per_rank,
+        "text_length": length,
+        "n_train": len(trained),
         "frozen_params": len(frozen),
         "unused_params_frozen": len(unused),
-        "finetune": to_dict(p),
-        "run_folder": str(folder),
     }
-    if vocab is not None:
-        details["answer_vocab"] = {"size": len(vocab.answers), "hash": vocab.hash}
+    details = _details(r, info, counts, per_rank, submissions)
+    return ProtocolOutput(metrics, counts[task.data.split], details=details, is_global_zero=trainer.is_global_zero)
+
+
+def _details(
+    r: _Run, info: dict[str, Any], counts: dict[str, int], per_rank: dict[str, list[int]], submissions: dict
+) -> dict[str, Any]:
+    """What the result records about the run: selection (rule, data, chosen step), history, batch plan, sizes."""
+    summary, selected = info["summary"], info["selected"]
+    chosen_by = summary.get("chosen_by") if selected else None
+    details = {
+        "format": r.reader.format,
+        "selection": {
+            **info["rule"],
+            "chosen_step": summary.get("best_step") if selected else None,
+            "chosen_value": summary.get("best_value") if selected else None,
+            "chosen_by": chosen_by,
+        },
+        "evaluated": "initial weights (max_steps: 0)" if not selected else _evaluated(chosen_by),
+        "val_history": summary.get("history", []),
+        "resumed_from_step": summary["resumed_from"],
+        "steps": r.p.max_steps,
+        "batch": info["batch"],
+        "text_length": info["text_length"],
+        "n_train": info["n_train"],
+        "n_eval": counts,
+        "samples_per_rank": per_rank,
+        "frozen_params": info["frozen_params"],
+        "unused_params_frozen": info["unused_params_frozen"],
+        "finetune": to_dict(r.p),
+        "run_folder": str(r.folder),
+    }
+    if r.vocab is not None:
+        details["answer_vocab"] = {"size": len(r.vocab.answers), "hash": r.vocab.hash}
     if submissions:
         details["submissions"] = submissions
-    n_samples = counts[task.data.split]
-    return ProtocolOutput(metrics, n_samples=n_samples, details=details, is_global_zero=trainer.is_global_zero)
+    return details
+
+
+def _check_params(task: TaskConfig, p: FinetuneParams) -> None:
+    where = f"task {task.name!r}: key 'finetune"
+    if p.head not in HEADS or p.input not in ("text", "pair"):
+        raise ConfigError(f"task {task.name!r}: finetune.head {p.head!r} / input {p.input!r} is not supported")
+    if p.selection not in run_folder.SELECTIONS:
+        raise ConfigError(f"{where}.selection': {p.selection!r} is not one of {', '.join(run_folder.SELECTIONS)}")
+    if p.selection == "holdout" and not 0 < p.holdout_fraction < 1:
+        raise ConfigError(f"{where}.holdout_fraction': {p.holdout_fraction} is not between 0 and 1")
+    if not p.select_tolerance >= 0:
+        raise ConfigError(f"{where}.select_tolerance': {p.select_tolerance} is negative")
+    if p.predict_splits and p.head != "vqa":
+        raise ConfigError(f"{where}.predict_splits': only supported for head: vqa")
+
+
+def check_data(reader: Any, p: FinetuneParams, evals: dict[str, tuple[str, list[str]]], val_split: str) -> None:
+    """Every split the run will read, before anything is trained: the reader's own check (files, image folders),
+    labels where the run needs them, samples where it predicts. Fails with the reader's one-line message."""
+    labelled = {p.train_split, *(s for s, _ in evals.values())}
+    if p.selection == "split":
+        labelled.add(val_split)
+    unlabelled = set(p.predict_splits) - labelled
+    for split in sorted(labelled | unlabelled):
+        reader.check(split)
+    for split in sorted(labelled):
+        _require_labels(reader, split, p.head)
+    for split in sorted(unlabelled):
+        _require_labels(reader, split, None)
+
+
+def text_length(p: FinetuneParams, cfg: ModelConfig, model: Any) -> dict[str, Any]:
+    """The token length texts are cut to: the recipe's, else the preset's for the input kind; capped at the
+    positions the model has (`max_text_positions`, when the wrapper states it)."""
+    if p.max_text_length is not None:
+        asked, source = p.max_text_length, "finetune.max_text_length"
+    elif p.input == "text" and cfg.text_only_max_length is not None:
+        asked, source = cfg.text_only_max_length, "model.text_only_max_length"
+    else:
+        asked, source = cfg.max_text_length, "model.max_text_length"
+    limit = getattr(model, "max_text_positions", None)
+    used = min(asked, limit) if limit is not None else asked
+    if used < asked:
+        log.info("%s: %s %d is more than the model's %d text positions: using %d", cfg.name, source, asked, limit, used)
+    return {"used": used, "asked": asked, "from": source, "model_limit": limit}
 
 
 def _build_module(
@@ -270,11 +368,8 @@ def _predict_splits(r: _Run, trainer: Any) -> dict[str, str]:
     each as the official result file for server scoring; returns {split: file name} (paths are local)."""
     if not r.p.predict_splits:
         return {}
-    if r.p.head != "vqa":
-        raise ConfigError(f"task {r.task.name!r}: finetune.predict_splits is only supported for head: vqa")
     written = {}
-    for split in r.p.predict_splits:
-        r.reader.check(split)
+    for split in r.p.predict_splits:  # checked before training (`check_data`)
         data = StreamDataModule(r.stream(split), r.ctx.num_workers, r.collate)
         trainer.predict(r.module, datamodule=data, return_predictions=False)
         if not r.module.outputs:
@@ -284,19 +379,45 @@ def _predict_splits(r: _Run, trainer: Any) -> dict[str, str]:
     return written
 
 
-def _require_labels(reader: Any, split: str, head: str) -> None:
-    """Fail before training when a split the run needs is unlabelled (GLUE's test splits) or empty."""
+def _require_labels(reader: Any, split: str, head: str | None) -> None:
+    """Fail before training when a split the run needs is empty, or unlabelled (GLUE's test splits) when `head`
+    says which labels it needs."""
     first = next(iter(reader.samples(split, limit=1)), None)
     where = f"task {reader.task.name!r}: the {split!r} split of {reader.root}"
     if first is None:
         raise DataError(f"{where} has no samples")
+    if head is None:
+        return
     if (not first.get("answers")) if head == "vqa" else first.get("label") is None:
         what = "answers" if head == "vqa" else "labels"
         raise DataError(f"{where} has no {what} (test labels are hidden: evaluate on a validation split)")
 
 
-def _rule(p: FinetuneParams, val_split: str) -> dict[str, Any]:
-    return {"split": val_split, "mode": "max", "every_steps": p.val_every_steps, "also_at": "the last step"}
+def _rule(task: TaskConfig, p: FinetuneParams, val_split: str, select: str, held_out: Any) -> dict[str, Any]:
+    """How the evaluated checkpoint is chosen, and on which data (recorded in state.json and the result)."""
+    if p.selection == "final":
+        return {"rule": "final", "data": None, "is_scored_split": False, "every_steps": p.val_every_steps}
+    if p.selection == "holdout":
+        data = {"split": p.train_split, "holdout_fraction": p.holdout_fraction, "holdout_seed": p.holdout_seed}
+        data["n"] = len(held_out)
+    else:
+        data = {"split": val_split}
+    return {
+        "rule": p.selection,
+        "data": data,
+        "is_scored_split": p.selection == "split" and val_split == task.data.split,
+        "metric": select,
+        "mode": "max",
+        "tolerance": p.select_tolerance,
+        "ties": "the incumbent (earlier) checkpoint keeps its place unless beaten by more than the tolerance",
+        "every_steps": p.val_every_steps,
+        "also_at": "the last step",
+    }
+
+
+def _evaluated(chosen_by: str | None) -> str:
+    """Which weights the scores are of: the best by value, the final ones, or why the final ones."""
+    return "best" if chosen_by in (None, "value") else chosen_by
 
 
 def _check_defined(task: TaskConfig, split: str, scores: dict[str, float]) -> None:
