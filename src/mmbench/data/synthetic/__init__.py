@@ -54,11 +54,26 @@ def synth_options(task: TaskConfig, fmt: str | None = None, n: int | None = None
     return {"format": fmt, **opts}
 
 
-def write(task: TaskConfig, out: Path, fmt: str | None = None, n: int | None = None, seed: int | None = None) -> Path:
-    """Write the task's synthetic dataset into `out` (atomically: a half-written folder never looks complete)."""
+def write(
+    task: TaskConfig,
+    out: Path,
+    fmt: str | None = None,
+    n: int | None = None,
+    seed: int | None = None,
+    *,
+    real_shape: bool = False,
+) -> Path:
+    """Write the task's synthetic dataset into `out` (atomically: a half-written folder never looks complete).
+    `real_shape`: the published layout at real image sizes and class counts, `n` records per split (see
+    `mmbench.data.synthetic.real_shape`)."""
     opts = synth_options(task, fmt, n, seed)
+    writer_of = _writer
+    if real_shape:
+        from mmbench.data.synthetic import real_shape as rs
+
+        opts, writer_of = rs.options(task, opts, n), rs.writer
     fmt = opts.pop("format")
-    writer = _writer(fmt)
+    writer = writer_of(fmt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
