@@ -9,7 +9,7 @@ TINY_MODELS := clip-tiny flava-tiny beit3-tiny flamingo-tiny
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test lint leaderboard synthetic-results clean
+.PHONY: setup demo test lint leaderboard synthetic-results rehearsal clean
 
 $(VENV)/.installed: pyproject.toml requirements/parity.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ synthetic-results: setup
 
 leaderboard: setup
 	$(BIN)/mmbench table
+
+# Full-size architectures (random weights) through one short pass of every protocol on real-shape data; prints
+# seconds, throughput (model vs data path) and peak memory per (model, task). ~15 min on 2 CPU cores. Filters and
+# GPU use: make rehearsal REHEARSAL_ARGS="--models clip --protocols finetune --accelerator gpu --precision bf16-mixed"
+REHEARSAL_ARGS ?=
+rehearsal: setup
+	$(BIN)/python benchmarks/rehearsal.py $(REHEARSAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo build
