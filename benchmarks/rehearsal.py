@@ -274,7 +274,8 @@ class Worker:
         self.clock = time.perf_counter()
 
     def measure_data(self) -> None:
-        """The data path of every task, with the transforms and tokenizer of the model (built once for this)."""
+        """The data path of every task, with the transforms and tokenizer of the model (built once for this,
+        after the runs, so that the rows' peak memory is the runs' own); fills in the rows already written."""
         from mmbench.data import dataset_root
         from mmbench.models import build_model
 
@@ -283,15 +284,20 @@ class Worker:
             task = self.reg.task(name, self.task_overrides)
             try:
                 self.throughput[name] = data_path(model, task, dataset_root(task, self.data_root), self.spec)
-            except Exception as e:  # reported in the row; the model still runs (its own error may say more)
+            except Exception as e:  # reported in the row, beside the model's own outcome
                 self.throughput[name] = (None, f"data: {one_line(e)}")
+        for row in self.rows:
+            rate, problem = self.throughput.get(row["task"], (None, None))
+            row["data_rate"] = rate
+            if problem and not row["error"]:
+                row.update(status="FAIL", error=problem)
+        Path(self.spec["rows"]).write_text(json.dumps(self.rows))
 
     def record(self, name: str, result: Any = None, error: str | None = None) -> None:
         now = time.perf_counter()
-        rate, problem = self.throughput.get(name, (None, None))
-        status = "FAIL" if error or problem or result is None else result.status
+        status = "FAIL" if error or result is None else result.status
         row = {"model": self.spec["model"], "task": name, "protocol": self.reg.task(name).protocol, "status": status}
-        row.update(seconds=now - self.clock, data_rate=rate, peak_mb=self.memory.take(), error=error or problem)
+        row.update(seconds=now - self.clock, data_rate=None, peak_mb=self.memory.take(), error=error)
         row.update(samples=model_samples(result, self.output) if result else 0, note=note(result) if result else "")
         self.rows.append(row)
         self.done.append(name)
@@ -333,10 +339,10 @@ def worker(spec_path: Path) -> int:
     logging.basicConfig(format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("mmbench").setLevel(logging.INFO)  # into the model's log file
     w = Worker(json.loads(spec_path.read_text()))
-    w.measure_data()
     for limit, tasks in w.spec["groups"]:
         w.run(limit, tasks)
     w.memory.stop()
+    w.measure_data()
     return 0
 
 
