@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 from torch import Tensor, nn
 
 from mmbench.errors import CapabilityError, CheckpointError, ConfigError
-from mmbench.schema import ModelConfig
+from mmbench.models.preprocess import ImageTransform, resolve_preprocess
+from mmbench.schema import ModelConfig, PreprocessConfig
 
 T = TypeVar("T")
 
@@ -42,6 +43,12 @@ class ModelWrapper(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.feature_dims = {}
+        # The checkpoint's own preprocessor_config.json where it has one, else the preset; results record which.
+        resolved = resolve_preprocess(cfg)
+        self.preprocess: PreprocessConfig = resolved.config
+        self.preprocess_source: str = resolved.source
+        # The most text tokens the text encoder accepts (None: unbounded); `tokenize` never exceeds it.
+        self.max_text_positions: int | None = None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ModelWrapper:
@@ -49,28 +56,21 @@ class ModelWrapper(nn.Module):
 
     # ---- preprocessing -------------------------------------------------------------------------------------
     def image_transform(self, train: bool = False, image_size: int | None = None) -> Callable[[Any], Tensor]:
-        """PIL image -> normalised tensor with the preset's eval preprocessing (`train` adds nothing by default:
-        the paper protocols fine-tune without augmentation). `image_size` overrides the crop (VQA at 480)."""
-        from torchvision import transforms as T
-
-        p = self.cfg.preprocess
-        size = image_size or p.image_size
-        resize = size if image_size else p.resize
-        interpolation = T.InterpolationMode(p.interpolation)
-        return T.Compose(
-            [
-                T.Lambda(_to_rgb),
-                T.Resize(resize, interpolation=interpolation),
-                T.CenterCrop(size),
-                T.ToTensor(),
-                T.Normalize(p.mean, p.std),
-            ]
-        )
+        """PIL image -> normalised tensor with the checkpoint's eval preprocessing (`self.preprocess`; `train` adds
+        nothing: the paper protocols fine-tune without augmentation). `image_size` overrides the crop (VQA at 480)
+        and scales the resize with it, in either resize mode."""
+        return ImageTransform(self.preprocess, image_size)
 
     def tokenize(
         self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None
     ) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def text_length(self, max_length: int | None = None) -> int:
+        """The length `tokenize` truncates to: the one asked for (or the preset's), never more than the text
+        encoder's positions."""
+        n = max_length or self.cfg.max_text_length
+        return n if self.max_text_positions is None else min(n, self.max_text_positions)
 
     # ---- features ------------------------------------------------------------------------------------------
     def image_features(self, pixel_values: Tensor) -> Tensor:
@@ -115,10 +115,6 @@ def check_capabilities(model: str, have: Capability, needed: Capability, what: s
     if lacking:
         names = "/".join(c.name for c in Capability if c and c in lacking and c.name)
         raise CapabilityError(f"model {model!r} has no {names} capability, which {what} needs")
-
-
-def _to_rgb(image: Any) -> Any:
-    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
 
 
 def parse_arch(cfg: ModelConfig, schema: type[T]) -> T:
