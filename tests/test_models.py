@@ -13,7 +13,7 @@ from helpers import randomize_
 from PIL import Image
 
 from mmbench.config import parse_overrides
-from mmbench.errors import CapabilityError, CheckpointError
+from mmbench.errors import CapabilityError, CheckpointError, ConfigError
 from mmbench.models import Capability, build_model
 from mmbench.models.tokenizers import BUILTIN, TINY_WORDS, tiny_bpe, tiny_wordpiece
 
@@ -163,3 +163,54 @@ def test_missing_local_checkpoint_names_the_path(registry, tmp_path):
     cfg = registry.model("clip", parse_overrides([f"model.checkpoint={tmp_path / 'nope'}"])["model"])
     with pytest.raises(CheckpointError, match=r"checkpoint path .*nope does not exist"):
         build_model(cfg)
+
+
+# ---- unknown keys inside `arch` (HF config classes keep unknown kwargs silently) -----------------------------
+def test_a_typo_inside_a_nested_arch_block_exits_2_naming_the_key(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmbench", "run", "--model", "clip-tiny", "--task", "flickr30k", "--data", "synthetic"]
+        + ["--output", str(tmp_path / "out"), "--set", "model.arch.vision.hidden_sz=3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "clip-tiny.yaml" in lines[0] and "'arch.vision.hidden_sz'" in lines[0] and "'hidden_size'" in lines[0]
+    assert not (tmp_path / "out").exists()  # found before any work
+
+
+@pytest.mark.parametrize(
+    "name, override, key, suggestion",
+    [
+        ("clip-tiny", "model.arch.text.max_position_embedding=64", "arch.text.max_position_embedding",
+         "max_position_embeddings"),
+        ("clip-tiny", "model.arch.projection_dims=8", "arch.projection_dims", "projection_dim"),
+        ("flava-tiny", "model.arch.image.num_hidden_layer=1", "arch.image.num_hidden_layer", "num_hidden_layers"),
+        ("flava-tiny", "model.arch.multimodal.use_cls_tokens=false", "arch.multimodal.use_cls_tokens",
+         "use_cls_token"),
+        ("flava-tiny", "model.arch.codebook.num_group=1", "arch.codebook.num_group", "num_groups"),
+        ("flamingo-tiny", "model.arch.lm.intermediate_sz=8", "arch.lm.intermediate_sz", "intermediate_size"),
+        ("flamingo-tiny", "model.arch.vision.patch_sz=4", "arch.vision.patch_sz", "patch_size"),
+        ("flamingo-tiny", "model.arch.perceiver.num_latent=4", "arch.perceiver.num_latent", "num_latents"),
+        ("flamingo-tiny", "model.arch.lm_model_type=gpt_neo_x", "arch.lm_model_type", "gpt_neox"),
+        ("beit3-tiny", "model.arch.encoder_layer=1", "arch.encoder_layer", "encoder_layers"),
+        ("flava-tiny", "model.preprocess.resize_mode=squash", "preprocess.resize_mode", "square"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_at_any_depth_are_errors_with_close_matches(registry, name, override, key, suggestion):
+    with pytest.raises(ConfigError) as err:
+        registry.model(name, parse_overrides([override])["model"])
+    msg = str(err.value)
+    assert f"'{key}'" in msg and f"'{suggestion}'" in msg and f"{name}.yaml" in msg and "\n" not in msg, msg
+
+
+def test_keys_the_hf_config_reads_under_another_name_are_accepted(registry):
+    """GPT-2's `n_embd` is what `hidden_size` maps to; GPT-NeoX's legacy `rotary_pct` is converted on read."""
+    gpt2 = parse_overrides(["model.arch.lm_model_type=gpt2", "model.arch.decoder_layers=transformer.h"])["model"]
+    gpt2["arch"]["lm"] = {"n_embd": 32}
+    with pytest.raises(ConfigError, match=r"'arch.lm.intermediate_size' is not a GPT2Config setting"):
+        registry.model("flamingo-tiny", gpt2)  # merged over the preset's GPT-NeoX block: GPT-2 has no such field
+    cfg = registry.model("flamingo-tiny", parse_overrides(["model.arch.lm.rotary_pct=0.5"])["model"])
+    assert build_model(cfg).model.lang_encoder.config.rope_parameters["partial_rotary_factor"] == 0.5

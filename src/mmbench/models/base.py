@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
 from mmbench.errors import CapabilityError, CheckpointError, ConfigError
-from mmbench.models.preprocess import ImageTransform, resolve_preprocess
+from mmbench.models.arch import check_arch_keys
+from mmbench.models.preprocess import ImageTransform, check_preprocess, resolve_preprocess
 from mmbench.schema import ModelConfig, PreprocessConfig
 
 T = TypeVar("T")
@@ -53,6 +54,28 @@ class ModelWrapper(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ModelWrapper:
         raise NotImplementedError
+
+    # ---- preset validation (when the preset is loaded, before anything is built) ------------------------------
+    arch_schema: ClassVar[type | None] = None  # the dataclass the preset's `arch` block validates into
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        """The HF config class whose kwargs the `arch` field `key` holds (CLIP's `vision` -> `CLIPVisionConfig`),
+        or None. Only asked for non-empty blocks, so presets without them never import transformers here."""
+        return None
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        """Errors that omegaconf's schema cannot catch, naming the key: unknown keys at any depth of `arch`
+        (HF config classes would keep them silently), ill-typed `arch` values, bad `preprocess` choices."""
+        try:
+            check_preprocess(cfg.preprocess)
+            if cls.arch_schema is not None:
+                check_arch_keys(dict(cfg.arch), cls.arch_schema, cls.arch_config_class)
+        except ConfigError as e:
+            raise ConfigError(f"model {cfg.name!r}: {e}") from None
+        if cls.arch_schema is not None:
+            parse_arch(cfg, cls.arch_schema)
 
     # ---- preprocessing -------------------------------------------------------------------------------------
     def image_transform(self, train: bool = False, image_size: int | None = None) -> Callable[[Any], Tensor]:

@@ -76,6 +76,7 @@ def load_beit3_tokenizer(cfg: ModelConfig) -> Any:
 
 class Beit3Wrapper(ModelWrapper):
     capabilities = ALL
+    arch_schema = Beit3Config
 
     def __init__(self, cfg: ModelConfig, arch: Beit3Config, tokenizer: Any):
         super().__init__(cfg)

@@ -37,6 +37,13 @@ class ClipArch:
 
 class ClipWrapper(ModelWrapper):
     capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.CONTRASTIVE
+    arch_schema = ClipArch
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        from transformers import CLIPTextConfig, CLIPVisionConfig
+
+        return {"vision": CLIPVisionConfig, "text": CLIPTextConfig}.get(key)
 
     def __init__(self, cfg: ModelConfig, model: Any, tokenizer: Any):
         super().__init__(cfg)

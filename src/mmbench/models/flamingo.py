@@ -42,6 +42,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from mmbench.errors import ConfigError
+from mmbench.models.arch import did_you_mean
 from mmbench.models.base import Capability, ModelWrapper, parse_arch
 from mmbench.models.flamingo_checkpoint import CheckpointReport, load_openflamingo_checkpoint, resolve_checkpoint_file
 from mmbench.models.flamingo_layers import GatedCrossAttentionBlock, PerceiverResampler
@@ -246,6 +247,21 @@ def tiny_flamingo_tokenizer(max_length: int = 77, flamingo_tokens: bool = True) 
 
 class FlamingoWrapper(ModelWrapper):
     capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION
+    arch_schema = FlamingoArch
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        from transformers import CONFIG_MAPPING, CLIPVisionConfig
+
+        if key == "vision":
+            return CLIPVisionConfig
+        if key != "lm" or not arch.get("lm_model_type"):
+            return None  # without a model type there is nothing to check `lm` against (from_config says so)
+        lm_type = str(arch["lm_model_type"])
+        if lm_type not in CONFIG_MAPPING:
+            hint = did_you_mean(lm_type, CONFIG_MAPPING.keys())
+            raise ConfigError(f"key 'arch.lm_model_type': {lm_type!r} is not an HF model type{hint}")
+        return CONFIG_MAPPING[lm_type]
 
     def __init__(self, cfg: ModelConfig, model: Flamingo, tokenizer: Any, report: CheckpointReport | None = None):
         super().__init__(cfg)

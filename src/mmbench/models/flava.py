@@ -60,6 +60,19 @@ def flava_config(cfg: ModelConfig, vocab_size: int) -> Any:
 
 class FlavaWrapper(ModelWrapper):
     capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.CONTRASTIVE
+    arch_schema = FlavaArch
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        from transformers import FlavaImageCodebookConfig, FlavaImageConfig, FlavaMultimodalConfig, FlavaTextConfig
+
+        blocks = {
+            "image": FlavaImageConfig,
+            "text": FlavaTextConfig,
+            "multimodal": FlavaMultimodalConfig,
+            "codebook": FlavaImageCodebookConfig,
+        }
+        return blocks.get(key)
 
     def __init__(self, cfg: ModelConfig, model: Any, tokenizer: Any):
         super().__init__(cfg)
