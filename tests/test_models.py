@@ -214,3 +214,95 @@ def test_keys_the_hf_config_reads_under_another_name_are_accepted(registry):
         registry.model("flamingo-tiny", gpt2)  # merged over the preset's GPT-NeoX block: GPT-2 has no such field
     cfg = registry.model("flamingo-tiny", parse_overrides(["model.arch.lm.rotary_pct=0.5"])["model"])
     assert build_model(cfg).model.lang_encoder.config.rope_parameters["partial_rotary_factor"] == 0.5
+
+
+# ---- parity with the HF reference forward, every parameter randomised ------------------------------------------
+PAIRS = ["is the circle red", "yes", "two blue squares are left of the big yellow star"]
+
+
+@torch.no_grad()
+def test_clip_embeddings_and_features_equal_clip_model_forward(registry):
+    from transformers import CLIPModel
+
+    wrapper = randomize_(build_model(registry.model("clip-tiny")), seed=4)
+    reference = CLIPModel(wrapper.model.config).eval()
+    reference.load_state_dict(wrapper.model.state_dict())  # strict: the same parameters, fresh modules
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    tokens = wrapper.tokenize(SENTENCES + ["one green triangle"])
+    assert (tokens["attention_mask"] == 0).any()  # ragged: pooling must find each row's EOS
+    out = reference(pixel_values=pixels, **tokens)
+    pooled_image = reference.vision_model(pixel_values=pixels).pooler_output
+    pooled_text = reference.text_model(**tokens).pooler_output
+    checks = {
+        "image_embeddings": (wrapper.image_embeddings(pixels), out.image_embeds),
+        "text_embeddings": (wrapper.text_embeddings(**tokens), out.text_embeds),
+        "image_features": (wrapper.image_features(pixels), pooled_image),
+        "text_features": (wrapper.text_features(**tokens), pooled_text),
+        "pair_features": (wrapper.pair_features(pixels, **tokens), torch.cat([pooled_image, pooled_text], -1)),
+    }
+    for what, (ours, theirs) in checks.items():
+        diff = (ours - theirs).abs().max().item()
+        print(f"parity clip {what}: max |diff| = {diff:.3g}")
+        assert diff <= 1e-6, what
+    # the logits CLIPModel itself computes from those embeddings
+    torch.testing.assert_close(
+        checks["image_embeddings"][0] @ checks["text_embeddings"][0].T * reference.logit_scale.exp(),
+        out.logits_per_image,
+    )
+
+
+@pytest.mark.parametrize("with_pairs", [False, True])
+@torch.no_grad()
+def test_flava_features_equal_flava_model_forward(registry, with_pairs):
+    """image_output / text_output / multimodal_output of `FlavaModel.forward`: [CLS] after each encoder's final
+    LayerNorm. Ragged texts, and sentence pairs (segment ids reach the text encoder)."""
+    from transformers import FlavaModel
+
+    wrapper = randomize_(build_model(registry.model("flava-tiny")), seed=6)
+    reference = FlavaModel(wrapper.model.config).eval()
+    reference.load_state_dict(wrapper.model.state_dict())
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    tokens = wrapper.tokenize(SENTENCES + ["one green triangle"], PAIRS if with_pairs else None)
+    assert (tokens["attention_mask"] == 0).any() and (tokens["token_type_ids"] == 1).any() == with_pairs
+    out = reference(pixel_values=pixels, **tokens)
+    checks = {
+        "image_features": (wrapper.image_features(pixels), out.image_output.last_hidden_state[:, 0]),
+        "text_features": (wrapper.text_features(**tokens), out.text_output.last_hidden_state[:, 0]),
+        "pair_features": (wrapper.pair_features(pixels, **tokens), out.multimodal_output.last_hidden_state[:, 0]),
+    }
+    for what, (ours, theirs) in checks.items():
+        diff = (ours - theirs).abs().max().item()
+        print(f"parity flava {what}: max |diff| = {diff:.3g}")
+        assert diff <= 1e-6, what
+
+
+# ---- text length: never more than the text encoder's positions ---------------------------------------------------
+LONG = " ".join(["the red circle is left of the blue square"] * 80)  # ~720 words
+
+
+@pytest.mark.parametrize(
+    "name, positions",
+    [("clip-tiny", 77), ("flava-tiny", 77), ("beit3-tiny", 128 - 2), ("flamingo-tiny", 128 - 1)],
+)
+@torch.no_grad()
+def test_tokenize_never_exceeds_the_text_positions(registry, name, positions):
+    """CLIP/FLAVA: text_config.max_position_embeddings; BEiT-3: its language position table after fairseq's two
+    unused rows; Flamingo: the LM's positions less the one `pair_features` gives its `<image>` token."""
+    model = build_model(registry.model(name))
+    assert model.max_text_positions == positions
+    tokens = model.tokenize([LONG, "yes"], max_length=4096)  # a caller asking for more than the model takes
+    assert tokens["input_ids"].shape[1] == positions
+    assert model.tokenize([LONG], max_length=16)["input_ids"].shape[1] == 16  # shorter requests are kept
+    pixels = torch.randn(2, 3, 32, 32)
+    if Capability.TEXT in model.capabilities:
+        assert model.text_features(**tokens).shape[0] == 2
+    assert model.pair_features(pixels, **tokens).shape[0] == 2
+
+
+def test_flava_text_positions_come_from_its_config(registry):
+    """flava-full's text encoder has 512 positions (FlavaTextConfig's default); the wrapper reads the config."""
+    from transformers import FlavaTextConfig
+
+    assert FlavaTextConfig().max_position_embeddings == 512
+    cfg = registry.model("flava-tiny", parse_overrides(["model.arch.text.max_position_embeddings=512"])["model"])
+    assert build_model(cfg).max_text_positions == 512
