@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from torch import Tensor
 
 from mmbench.errors import ConfigError
 from mmbench.schema import ModelConfig, PreprocessConfig
+
+log = logging.getLogger("mmbench")
 
 PROCESSOR_FILE = "preprocessor_config.json"
 RESIZE_MODES = ("shortest_edge", "square")
@@ -119,21 +122,26 @@ def resolve_preprocess(cfg: ModelConfig, fetch: bool = True) -> ResolvedPreproce
     """The preprocessing the wrapper applies, and where it came from. `fetch=False` never downloads: it returns
     None when a hub checkpoint's processor file is neither cached nor known to be absent (what the feature cache
     key needs: it must not guess what a later build would fetch)."""
-    found = _processor_file(cfg, fetch) if not cfg.random_init and cfg.checkpoint else None
+    found = processor_file(cfg, fetch)
     if found is UNKNOWN:
         if not fetch:
             return None
-        return ResolvedPreprocess(cfg.preprocess, f"{PRESET} (the checkpoint's {PROCESSOR_FILE} could not be fetched)")
+        why = f"the checkpoint's {PROCESSOR_FILE} could not be fetched"
+        log.warning("model %r: %s; using the preset's preprocessing", cfg.name, why)
+        return ResolvedPreprocess(cfg.preprocess, f"{PRESET} ({why})")
     if found is None:
         return ResolvedPreprocess(cfg.preprocess, PRESET)
     path, label = found
     return ResolvedPreprocess(from_processor_config(path, cfg.preprocess), label)
 
 
-def _processor_file(cfg: ModelConfig, fetch: bool) -> tuple[Path, str] | _Unknown | None:
-    """(file, label) of the checkpoint's processor config; None when it has none; UNKNOWN when unknowable."""
+def processor_file(cfg: ModelConfig, fetch: bool) -> tuple[Path, str] | _Unknown | None:
+    """(file, label) of the checkpoint's processor config; None when it has none (random-init presets too);
+    UNKNOWN when a hub repo's cannot be known without fetching and `fetch` is False, or fetching failed."""
     from mmbench.models.base import is_local_path
 
+    if cfg.random_init or not cfg.checkpoint:
+        return None
     source = str(cfg.checkpoint)
     if "://" in source:  # a release URL is a single weights file (BEiT-3)
         return None
@@ -148,7 +156,10 @@ def _hub_processor_file(repo: str, revision: str | None, fetch: bool) -> tuple[P
     from huggingface_hub.errors import RemoteEntryNotFoundError
     from huggingface_hub.file_download import _CACHED_NO_EXIST
 
-    cached = try_to_load_from_cache(repo, PROCESSOR_FILE, revision=revision)
+    try:
+        cached = try_to_load_from_cache(repo, PROCESSOR_FILE, revision=revision)
+    except ValueError:  # not a repo id: loading the weights reports that
+        return UNKNOWN
     if cached is _CACHED_NO_EXIST:  # the hub said so before, for this commit
         return None
     if cached is None:
