@@ -35,7 +35,12 @@ class Capability(enum.Flag):
 
 
 class ModelWrapper(nn.Module):
-    """Base of every wrapper. Subclasses set `capabilities` and `feature_dims` and override what they can do."""
+    """Base of every wrapper. Subclasses set `capabilities` and `feature_dims` and override what they can do.
+
+    Every wrapper also: takes images of any size a task asks for (its vision position table is interpolated to
+    the input's patch grid, tests/test_image_size.py); reports `max_text_positions` and never tokenizes beyond it;
+    applies `self.preprocess`, recorded with where it came from in `preprocess_source`.
+    """
 
     capabilities: Capability = Capability.NONE
     feature_dims: dict[str, int]
