@@ -152,6 +152,12 @@ class Registry:
         cfg = _validate(ModelConfig, data, str(path))
         if overrides:
             cfg = _validate(ModelConfig, _deep_merge(to_dict(cfg), overrides), f"{path} (with --set overrides)")
+        from mmbench.models import wrapper_class  # the wrapper checks what the schema cannot (keys inside `arch`)
+
+        try:
+            wrapper_class(cfg).check_config(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{path}{' (with --set overrides)' if overrides else ''}: {e}") from None
         return cfg
 
     def task(self, name: str, overrides: dict[str, Any] | None = None) -> TaskConfig:

@@ -20,11 +20,22 @@ PROTOCOLS = ("retrieval", "linear_probe", "finetune")
 
 @dataclass
 class PreprocessConfig:
-    """The checkpoint's own eval preprocessing: resize the shorter side, centre-crop, normalise."""
+    """The checkpoint's own eval preprocessing: resize, centre-crop to `image_size`, normalise.
 
-    image_size: int = 224
-    resize: int = 224
-    interpolation: str = "bicubic"
+    A checkpoint that carries a `preprocessor_config.json` (HF image processor) replaces this block with what that
+    file says (see `mmbench.models.preprocess`); the preset states the same values, so that runs without the file
+    (offline, random-init twins) preprocess alike.
+    """
+
+    image_size: int = 224  # side of the square the model sees (the centre crop)
+    resize: int = 224  # shortest_edge: length of the short side; square: side of the square (>= image_size)
+    # shortest_edge: aspect kept, long side int(resize * long / short) (CLIP, open_clip); square: resize x resize,
+    # aspect ignored (FLAVA's FlavaImageProcessor, BEiT-3)
+    resize_mode: str = "shortest_edge"
+    interpolation: str = "bicubic"  # PIL resampling filter: nearest | bilinear | bicubic | box | hamming | lanczos
+    # where the crop starts when the margin is odd: round (torchvision CenterCrop, half to even) | floor (HF image
+    # processors). One pixel, but a different image.
+    crop_rounding: str = "round"
     mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     std: list[float] = field(default_factory=lambda: list(CLIP_STD))
 
