@@ -75,13 +75,7 @@ def evaluate(
     models = [model] if isinstance(model, str) else list(model)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     groups = [groups] if isinstance(groups, str) else list(groups)
-    if data not in DATA_MODES:
-        raise ConfigError(f"--data {data!r}: expected one of {', '.join(DATA_MODES)}")
-    for flag, value, least in (("--limit", limit, 1), ("--batch-size", batch_size, 1), ("--devices", devices, 1)):
-        if value is not None and value < least:
-            raise ConfigError(f"{flag} {value}: expected a positive number")
-    if num_workers is not None and num_workers < 0:
-        raise ConfigError(f"--num-workers {num_workers}: expected 0 or more")
+    _check_options(data, limit, batch_size, devices, num_workers)
     registry = registry or Registry()
     ov = parse_overrides(list(overrides))
     task_names = registry.expand(tasks, groups)
@@ -90,9 +84,7 @@ def evaluate(
     model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
-    for mcfg in model_cfgs:  # a read-only --output must not cost a fine-tuning run: look before any work
-        for tcfg in task_cfgs:
-            paths.check_writable(store.result_path(output, mcfg.name, tcfg.name), "result")
+    _check_before_work(model_cfgs, task_cfgs, data, output)
     # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
     with paths.cache_override(cache_dir):
         cache = paths.cache_dir()
@@ -136,6 +128,29 @@ def evaluate(
                 if on_result is not None and is_zero:
                     on_result(result)
         return results
+
+
+def _check_options(data: str, limit: int | None, batch_size: int | None, devices: int, num_workers: int | None) -> None:
+    if data not in DATA_MODES:
+        raise ConfigError(f"--data {data!r}: expected one of {', '.join(DATA_MODES)}")
+    for flag, value in (("--limit", limit), ("--batch-size", batch_size), ("--devices", devices)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: expected a positive number")
+    if num_workers is not None and num_workers < 0:
+        raise ConfigError(f"--num-workers {num_workers}: expected 0 or more")
+
+
+def _check_before_work(models: list[ModelConfig], tasks: list[TaskConfig], data: str, output: Path) -> None:
+    """What can fail late but be known now: synthetic writer options, and whether every result can be written
+    (a read-only --output must not cost a fine-tuning run)."""
+    if data == "synthetic":
+        from mmbench.data import synthetic
+
+        for tcfg in tasks:
+            synthetic.check_options(tcfg)
+    for mcfg in models:
+        for tcfg in tasks:
+            paths.check_writable(store.result_path(output, mcfg.name, tcfg.name), "result")
 
 
 def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp: str | None) -> TaskResult | None:

@@ -7,8 +7,10 @@ so that importing this package stays cheap. The task's `data.synthetic` block pa
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import shutil
@@ -44,6 +46,33 @@ def _writer(fmt: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def _writer_params(fmt: str) -> list[str]:
+    params = inspect.signature(_writer(fmt)).parameters.values()
+    return [p.name for p in params if p.kind is not p.VAR_KEYWORD and p.name != "out"]
+
+
+def check_options(task: TaskConfig) -> None:
+    """Every key of the task's `data.synthetic` block is an option of a writer of its formats (the keys of a
+    format's own sub-block, of that format's writer): a typo must not silently fall back to a default."""
+    formats = [task.data.format, *task.data.alt_formats]
+    shared = sorted({name for fmt in formats if fmt in WRITERS for name in _writer_params(fmt)})
+    for key, value in task.data.synthetic.items():
+        if key == "finetune":  # the recipe override, checked with the task's config
+            continue
+        if not isinstance(value, dict):
+            _check_key(task, f"data.synthetic.{key}", key, shared)
+        elif key in WRITERS:
+            for sub in value:
+                _check_key(task, f"data.synthetic.{key}.{sub}", sub, _writer_params(key))
+
+
+def _check_key(task: TaskConfig, full_key: str, key: str, known: list[str]) -> None:
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f" (known: {', '.join(known)})"
+        raise ConfigError(f"task {task.name!r}: key {full_key!r}: not an option of the synthetic writer{hint}")
+
+
 def synth_options(task: TaskConfig, fmt: str | None = None, n: int | None = None, seed: int | None = None) -> dict:
     """The writer's keyword arguments: the task's `data.synthetic` block, format-specific sub-blocks, overrides."""
     fmt = fmt or task.data.format
@@ -68,6 +97,7 @@ def write(
     renamed, so a half-written folder never looks complete, and a kill leaves only a temporary that the next write
     removes. An existing `out` is replaced only when it is a synthetic dataset mmbench wrote (`replace=False`
     keeps it: another process, e.g. a DDP rank, finished the same content first); anything else is refused."""
+    check_options(task)
     opts = synth_options(task, fmt, n, seed)
     fmt = opts.pop("format")
     writer = _writer(fmt)
