@@ -231,8 +231,9 @@ def _check_model(cfg: ModelConfig, where: str) -> None:
 
 def _check_task_blocks(cfg: TaskConfig, where: str) -> None:
     """The free-form blocks whose keys mmbench knows: reader options per format, synthetic sub-blocks per format
-    and the synthetic fine-tuning recipe (a FinetuneParams override), score labels per metric. (The options inside
-    a reader's or a synthetic writer's block are that reader's or writer's to check.)"""
+    and the synthetic fine-tuning recipe (a FinetuneParams override). The options inside a reader's block are the
+    reader's to check, a writer's the writer's (`synthetic.check_options`); score labels may outlive an override
+    of `metrics`, so they are not checked."""
     formats = [cfg.data.format, *cfg.data.alt_formats]
     _check_free_keys(cfg.data.options, "data.options", formats, where)
     for key, value in cfg.data.synthetic.items():
@@ -241,7 +242,6 @@ def _check_task_blocks(cfg: TaskConfig, where: str) -> None:
     recipe = cfg.data.synthetic.get("finetune")
     if isinstance(recipe, dict):
         _validate(FinetuneParams, _deep_merge(to_dict(cfg.finetune), recipe), where, "data.synthetic.finetune.")
-    _check_free_keys(cfg.score_labels, "score_labels", cfg.metrics, where)
 
 
 def _check_task(cfg: TaskConfig, where: str) -> None:
