@@ -3,8 +3,8 @@
     >>> import mmbench
     >>> results = mmbench.evaluate("clip-tiny", ["flickr30k"], data="synthetic", limit=32)
 
-For every (model, task): resolve and validate configs, check that every result can be written, find (or generate)
-the data, skip when a valid result with the same config hash and the same data fingerprint exists, run the task's
+For every (model, task): resolve and validate configs, find (or generate) the data, skip when a valid result with the
+same config hash and the same data fingerprint exists, check that the result can be written, run the task's
 protocol under Lightning, and write the versioned result JSON atomically. A capability the model lacks becomes an
 `n/a` result with its reason.
 """
@@ -84,7 +84,7 @@ def evaluate(
     model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
-    _check_before_work(model_cfgs, task_cfgs, data, output)
+    _check_synthetic_options(task_cfgs, data)
     # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
     with paths.cache_override(cache_dir):
         cache = paths.cache_dir()
@@ -105,6 +105,8 @@ def evaluate(
                     results.append(existing)
                     continue
                 log.info("[%d/%d] %s x %s", step, total, mcfg.name, tcfg.name)
+                # A read-only or misplaced --output must not cost the work: look before it, naming the result.
+                paths.check_writable(store.result_path(output, mcfg.name, tcfg.name), "result")
                 ctx = RunContext(
                     model_cfg=mcfg,
                     data_root=root,
@@ -140,17 +142,13 @@ def _check_options(data: str, limit: int | None, batch_size: int | None, devices
         raise ConfigError(f"--num-workers {num_workers}: expected 0 or more")
 
 
-def _check_before_work(models: list[ModelConfig], tasks: list[TaskConfig], data: str, output: Path) -> None:
-    """What can fail late but be known now: synthetic writer options, and whether every result can be written
-    (a read-only --output must not cost a fine-tuning run)."""
+def _check_synthetic_options(tasks: list[TaskConfig], data: str) -> None:
+    """A typo in a synthetic writer's options fails before any task runs, not when its task's turn comes."""
     if data == "synthetic":
         from mmbench.data import synthetic
 
         for tcfg in tasks:
             synthetic.check_options(tcfg)
-    for mcfg in models:
-        for tcfg in tasks:
-            paths.check_writable(store.result_path(output, mcfg.name, tcfg.name), "result")
 
 
 def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp: str | None) -> TaskResult | None:
