@@ -616,14 +616,14 @@ def test_kill_during_synthetic_generation_leaves_a_temporary_that_the_next_run_r
         text=True,
     )
     deadline = time.monotonic() + 300
-    while not any(p.is_file() for p in tmp_path.glob(".coco.*.tmp/*/*")):  # shards are being written
+    while not any(p.is_file() for p in tmp_path.glob(".coco.*/*/*")):  # shards are being written
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "no shard written in 300 s"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    (killed,) = tmp_path.glob(".coco.*.tmp")
+    (killed,) = tmp_path.glob(".coco.*")
     assert not out.exists()
 
     live = paths.temp_path(out)  # a writer still at work (this process): not touched
