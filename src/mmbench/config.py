@@ -95,6 +95,10 @@ def _validate(schema: type, data: dict[str, Any], where: str, prefix: str = "") 
     bad = out_of_range(obj)
     if bad:
         raise ConfigError(f"{where}: key {prefix + bad[0]!r}: {bad[1]}")
+    if isinstance(obj, ModelConfig):
+        _check_free_keys(obj.finetune, "finetune", list(MODEL_FINETUNE_KEYS), where)
+    elif isinstance(obj, TaskConfig):
+        _check_task_blocks(obj, where)
     return obj
 
 
@@ -180,11 +184,8 @@ class Registry:
         data = _with_includes(path)
         data["name"] = name
         cfg = _validate(ModelConfig, data, str(path))
-        _check_model(cfg, str(path))
         if overrides:
-            where = f"{path} (with --set overrides)"
-            cfg = _validate(ModelConfig, _deep_merge(to_dict(cfg), overrides), where)
-            _check_model(cfg, where)
+            cfg = _validate(ModelConfig, _deep_merge(to_dict(cfg), overrides), f"{path} (with --set overrides)")
         return cfg
 
     def task(self, name: str, overrides: dict[str, Any] | None = None) -> TaskConfig:
@@ -197,11 +198,9 @@ class Registry:
             raise ConfigError(f"{path}: key 'domain': {data['domain']!r} but the file lives in tasks/{domain}/")
         data["name"] = name
         cfg = _validate(TaskConfig, data, str(path))
-        _check_task(cfg, str(path))
         if overrides:
-            where = f"{path} (with --set overrides)"
-            cfg = _validate(TaskConfig, _deep_merge(to_dict(cfg), overrides), where)
-            _check_task(cfg, where)
+            cfg = _validate(TaskConfig, _deep_merge(to_dict(cfg), overrides), f"{path} (with --set overrides)")
+        _check_task(cfg, str(path))
         return cfg
 
     def expand(self, tasks: list[str] = (), groups: list[str] = ()) -> list[str]:
@@ -225,10 +224,6 @@ def _check_free_keys(block: dict[str, Any], prefix: str, known: list[str], where
             raise ConfigError(f"{where}: {_unknown_key(f'{prefix}.{key}', known)}")
 
 
-def _check_model(cfg: ModelConfig, where: str) -> None:
-    _check_free_keys(cfg.finetune, "finetune", list(MODEL_FINETUNE_KEYS), where)
-
-
 def _check_task_blocks(cfg: TaskConfig, where: str) -> None:
     """The free-form blocks whose keys mmbench knows: reader options per format, synthetic sub-blocks per format
     and the synthetic fine-tuning recipe (a FinetuneParams override). The options inside a reader's block are the
@@ -245,7 +240,6 @@ def _check_task_blocks(cfg: TaskConfig, where: str) -> None:
 
 
 def _check_task(cfg: TaskConfig, where: str) -> None:
-    _check_task_blocks(cfg, where)
     if cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"{where}: key 'protocol': {cfg.protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if cfg.primary not in cfg.metrics:
