@@ -98,7 +98,7 @@ def evaluate(
                 run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
                 chash = config_hash(mcfg, tcfg, run_info)
                 root, source = _data_root(tcfg, data, data_root, cache)
-                data_fp = data_fingerprint(tcfg, root, source == "synthetic")
+                data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
                 existing = None if redo else _up_to_date(output, mcfg.name, tcfg, chash, data_fp)
                 if existing is not None:
                     log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
@@ -178,7 +178,7 @@ def _splits_read(task: TaskConfig, synthetic: bool) -> list[str]:
     return [task.data.split]
 
 
-def data_fingerprint(task: TaskConfig, root: Path, synthetic: bool = False) -> str | None:
+def _data_fingerprint(task: TaskConfig, root: Path, synthetic: bool = False) -> str | None:
     """A cheap identity of the data a task reads under `root`: its reader's `fingerprint(split)` (file names,
     sizes, modification times; no content is read) for every split the task reads; for a reader without one, the
     same over every file under `root`. None when the data cannot be opened (the protocol reports what is wrong)."""
