@@ -38,9 +38,10 @@ class CheckpointError(MMBenchError):
     """A checkpoint that cannot be found or loaded."""
 
 
-class OutputError(MMBenchError):
+class OutputError(MMBenchError, OSError):
     """A result, cache or dataset that cannot be written where asked (read-only, disk full, not a folder, a folder
-    that is not ours to replace); the message names the path meant, never a temporary name."""
+    that is not ours to replace); the message names the path meant, never a temporary name. Also an OSError, so
+    that code which survives a failed write (a cache that can do without) catches it as one."""
 
 
 class CapabilityError(MMBenchError):

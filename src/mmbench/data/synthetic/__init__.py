@@ -112,6 +112,8 @@ def write(
         meta = {"task": task.name, "format": fmt, "synth_version": SYNTH_VERSION, **opts}
         (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str) + "\n")
         _install(tmp, out, replace)
+    except OutputError:
+        raise
     except OSError as e:
         raise OutputError(f"cannot write synthetic dataset {out}: {e.strerror or e}") from None
     finally:
