@@ -10,15 +10,38 @@ from pathlib import Path
 from typing import Any
 
 from mmbench import __version__
-from mmbench.errors import MMBenchError, user_message
+from mmbench.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_CODES,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    MMBenchError,
+    exit_code,
+    user_message,
+)
+
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
+    return f"exit status:\n{codes}"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmbench", description="Benchmark vision-and-language models on FLAVA's 35 tasks")
+    p = argparse.ArgumentParser(
+        prog="mmbench",
+        description="Benchmark vision-and-language models on FLAVA's 35 tasks",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"mmbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="evaluate models on tasks and write result JSONs")
+    run = sub.add_parser(
+        "run",
+        help="evaluate models on tasks and write result JSONs",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--model", action="append", required=True, help="model preset (repeatable)")
     run.add_argument("--task", action="append", default=[], help="task name (repeatable)")
     run.add_argument("--group", action="append", default=[], help="task group, e.g. retrieval (repeatable)")
@@ -90,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"mmbench: error: {user_message(e)}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     except KeyboardInterrupt:
         print("mmbench: interrupted; results already written are kept", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:
         if args.debug:
             raise
@@ -101,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"mmbench: error: {user_message(e).splitlines()[0]}{where} [--debug shows the traceback]", file=sys.stderr
         )
-        return 1
+        return exit_code(e)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -109,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.task and not args.group:
         print("mmbench: error: give --task NAME or --group NAME (see `mmbench list tasks`)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     results = evaluate(
         args.model,
         args.task,
@@ -184,7 +207,7 @@ def _table(args: argparse.Namespace) -> int:
             print(f"mmbench: {out} is out of date; run `mmbench table` and commit it:", file=sys.stderr)
             for d in diffs:
                 print(f"  {d}", file=sys.stderr)
-            return 1
+            return EXIT_CHECK_FAILED
         print(f"{out} is up to date")
         return 0
     table.write(board, out)
@@ -202,7 +225,7 @@ def _data(args: argparse.Namespace) -> int:
     accepted = [task.data.format, *task.data.alt_formats]
     if args.format and args.format not in accepted:
         print(f"mmbench: error: task {task.name!r} reads {', '.join(accepted)}, not {args.format!r}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     out = synthetic.write(task, Path(args.out), fmt=args.format, n=args.n, seed=args.seed)
     print(f"wrote synthetic {task.name} ({args.format or task.data.format}) to {out}")
     return 0

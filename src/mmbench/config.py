@@ -7,9 +7,12 @@ Every error names the file and the key.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,13 +20,14 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from mmbench.errors import ConfigError, UnknownNameError
-from mmbench.schema import DOMAINS, PROTOCOLS, ModelConfig, TaskConfig
+from mmbench.schema import DOMAINS, PROTOCOLS, FinetuneParams, ModelConfig, TaskConfig, out_of_range
 
 _HASH_EXCLUDED_MODEL_KEYS = ("description",)
 _HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
+MODEL_FINETUNE_KEYS = ("frozen",)  # the keys of a preset's free-form `finetune` block (see models.base)
 
 
 def default_registry_roots() -> list[Path]:
@@ -72,18 +76,48 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _validate(schema: type, data: dict[str, Any], where: str) -> Any:
-    """Merge `data` into the structured config `schema`; any unknown or ill-typed key names `where` and the key."""
+def _validate(schema: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """Merge `data` into the structured config `schema`; any unknown, ill-typed or out-of-range key names `where`
+    and the full key, `prefix` + its path in `schema` (unknown keys with their close matches)."""
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(schema), data)
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             raise ConfigError(f"{where}: missing required key {missing[0]!r}")
-        return OmegaConf.to_object(cfg)
+        obj = OmegaConf.to_object(cfg)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{where}: {_unknown_key(prefix + key, _schema_fields(schema, key))}") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         reason = str(e).splitlines()[0]
-        raise ConfigError(f"{where}: key {key!r}: {reason}") from None
+        raise ConfigError(f"{where}: key {prefix + key!r}: {reason}") from None
+    bad = out_of_range(obj)
+    if bad:
+        raise ConfigError(f"{where}: key {prefix + bad[0]!r}: {bad[1]}")
+    if isinstance(obj, ModelConfig):
+        _check_free_keys(obj.finetune, "finetune", list(MODEL_FINETUNE_KEYS), where)
+    elif isinstance(obj, TaskConfig):
+        _check_task_blocks(obj, where)
+    return obj
+
+
+def _schema_fields(schema: type, full_key: str) -> list[str]:
+    """The field names of the (nested) dataclass that holds `full_key`, e.g. RetrievalParams' for
+    'retrieval.chunk_sz'; [] when the path leaves the typed part."""
+    cls: Any = schema
+    for part in full_key.split(".")[:-1]:
+        cls = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _unknown_key(full_key: str, known: list[str]) -> str:
+    """ "key 'a.b_typo': unknown; did you mean 'a.b'?" (close matches by difflib, with their full key)."""
+    parent, _, leaf = full_key.rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=3, cutoff=0.6)
+    full = [f"{parent}.{c}" if parent else c for c in close]
+    hint = f"; did you mean {', '.join(repr(c) for c in full)}?" if close else f" (known: {', '.join(known)})"
+    return f"key {full_key!r}: unknown{hint}"
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -187,6 +221,28 @@ class Registry:
             if n not in self.task_files:
                 raise UnknownNameError("task", n, self.task_files)
         return list(dict.fromkeys(names))
+
+
+def _check_free_keys(block: dict[str, Any], prefix: str, known: list[str], where: str) -> None:
+    """A free-form mapping (its keys are not fields) whose keys must still be among `known`."""
+    for key in block:
+        if key not in known:
+            raise ConfigError(f"{where}: {_unknown_key(f'{prefix}.{key}', known)}")
+
+
+def _check_task_blocks(cfg: TaskConfig, where: str) -> None:
+    """The free-form blocks whose keys mmbench knows: reader options per format, synthetic sub-blocks per format
+    and the synthetic fine-tuning recipe (a FinetuneParams override). The options inside a reader's block are the
+    reader's to check, a writer's the writer's (`synthetic.check_options`); score labels may outlive an override
+    of `metrics`, so they are not checked."""
+    formats = [cfg.data.format, *cfg.data.alt_formats]
+    _check_free_keys(cfg.data.options, "data.options", formats, where)
+    for key, value in cfg.data.synthetic.items():
+        if isinstance(value, dict):
+            _check_free_keys({key: value}, "data.synthetic", [*formats, "finetune"], where)
+    recipe = cfg.data.synthetic.get("finetune")
+    if isinstance(recipe, dict):
+        _validate(FinetuneParams, _deep_merge(to_dict(cfg.finetune), recipe), where, "data.synthetic.finetune.")
 
 
 def _check_task(cfg: TaskConfig, where: str) -> None:
