@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="render the leaderboard (markdown + CSV)")
     table.add_argument("--results", default="results", help="results folder (default results/)")
-    table.add_argument("--reported", help="paper numbers (default <results>/reported)")
+    table.add_argument(
+        "--reported",
+        help="a folder of further reported columns (<name>.json) beside the paper's numbers that ship with mmbench; "
+        "a file named like a shipped one replaces it, a table4.yaml there replaces the layout",
+    )
     table.add_argument("--out", help="markdown file to write (default <results>/LEADERBOARD.md; CSV beside it)")
     table.add_argument("--check", action="store_true", help="exit 1 if the committed file differs from a fresh render")
     table.add_argument("--print", dest="print_", action="store_true", help="also print the markdown")
@@ -165,12 +169,16 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
+    from mmbench.errors import DataError
     from mmbench.results import table
 
     results = Path(args.results)
-    reported = Path(args.reported) if args.reported else results / "reported"
+    if not results.is_dir():
+        raise DataError(f"--results {results}: no such folder (`mmbench run` writes to results/ or --output DIR)")
+    if not any(results.glob("runs/*/*.json")) and not any(results.glob("synthetic/runs/*/*.json")):
+        raise DataError(f"--results {results}: no results in it (expected runs/<model>/<task>.json there)")
     out = Path(args.out) if args.out else results / "LEADERBOARD.md"
-    board = table.render(results, reported)
+    board = table.render(results, Path(args.reported) if args.reported else None)
     if args.check:
         diffs = table.check(board, out)
         if diffs:
