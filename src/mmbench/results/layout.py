@@ -85,7 +85,7 @@ def default_reported_dir() -> Path:
     if builtin is None or not (builtin.reported / LAYOUT_FILE).is_file():
         raise ConfigError(
             "the paper's reported numbers are not installed with mmbench (expected results/reported/ in a "
-            "checkout or mmbench/registry/reported/ in the package); pass --reported DIR"
+            "checkout or mmbench/registry/reported/ in the package); pass --reported DIR holding a table4.yaml"
         )
     return builtin.reported
 
@@ -93,16 +93,20 @@ def default_reported_dir() -> Path:
 def reported_dirs(extra: Path | None = None) -> list[Path]:
     """The built-in reported folder, then `extra` (a user's folder of `<name>.json` columns and/or a
     `table4.yaml`), which adds columns and replaces built-in files of the same name."""
-    dirs = [default_reported_dir()]
-    if extra is not None:
-        extra = Path(extra)
-        if not extra.is_dir():
-            raise DataError(f"{extra}: no such folder of reported numbers")
-        if not any(extra.glob("*.json")) and not (extra / LAYOUT_FILE).is_file():
-            raise DataError(f"{extra}: holds no reported <name>.json and no {LAYOUT_FILE}")
-        if extra.resolve() != dirs[0].resolve():
-            dirs.append(extra)
-    return dirs
+    if extra is None:
+        return [default_reported_dir()]
+    extra = Path(extra)
+    if not extra.is_dir():
+        raise DataError(f"{extra}: no such folder of reported numbers")
+    if not any(extra.glob("*.json")) and not (extra / LAYOUT_FILE).is_file():
+        raise DataError(f"{extra}: holds no reported <name>.json and no {LAYOUT_FILE}")
+    try:
+        builtin = default_reported_dir()
+    except ConfigError:
+        if (extra / LAYOUT_FILE).is_file():
+            return [extra]  # nothing shipped to add to: the user's folder is the whole story
+        raise
+    return [builtin] if extra.resolve() == builtin.resolve() else [builtin, extra]
 
 
 def layout_of(dirs: Sequence[Path]) -> Layout:
@@ -162,7 +166,8 @@ def load_reported(reported_dir: Path | Sequence[Path], layout: Layout) -> list[R
         found.update({p.stem: p for p in sorted(d.glob("*.json"))})
     for stem in layout.reported:
         if stem not in found:
-            raise DataError(f"{layout.path}: key 'reported': {dirs[-1] / (stem + '.json')} does not exist")
+            where = " or ".join(str(d) for d in dirs)
+            raise DataError(f"{layout.path}: key 'reported': {stem}.json does not exist in {where}")
     order = list(layout.reported) + sorted(set(found) - set(layout.reported))
     return [_read_reported(found[stem], layout) for stem in order]
 
