@@ -85,11 +85,28 @@ def _parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="render the leaderboard (markdown + CSV)")
     table.add_argument("--results", default="results", help="results folder (default results/)")
-    table.add_argument("--reported", help="paper numbers (default <results>/reported)")
+    table.add_argument(
+        "--reported",
+        help="a folder of further reported columns (<name>.json) beside the paper's numbers that ship with mmbench; "
+        "a file named like a shipped one replaces it, a table4.yaml there replaces the layout",
+    )
     table.add_argument("--out", help="markdown file to write (default <results>/LEADERBOARD.md; CSV beside it)")
     table.add_argument("--check", action="store_true", help="exit 1 if the committed file differs from a fresh render")
     table.add_argument("--print", dest="print_", action="store_true", help="also print the markdown")
     table.add_argument("--debug", action="store_true")
+
+    cmp = sub.add_parser(
+        "compare", help="per-score differences between two results folders; exit 1 beyond --tol or on a missing result"
+    )
+    cmp.add_argument("a", help="results folder A (holds runs/<model>/<task>.json, e.g. results/synthetic)")
+    cmp.add_argument("b", help="results folder B")
+    cmp.add_argument(
+        "--tol", type=float, default=0.0, help="largest |A - B| that passes, in score points (0-100; default 0: exact)"
+    )
+    cmp.add_argument(
+        "--subset", action="store_true", help="A re-runs part of B: results of B that A lacks pass (default: they fail)"
+    )
+    cmp.add_argument("--debug", action="store_true")
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -108,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
     logging.getLogger("mmbench").setLevel(logging.INFO)
     try:
-        return {"run": _run, "list": _list, "table": _table, "data": _data}[args.command](args)
+        commands = {"run": _run, "list": _list, "table": _table, "compare": _compare, "data": _data}
+        return commands[args.command](args)
     except MMBenchError as e:
         if args.debug:
             raise
@@ -195,12 +213,16 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
+    from mmbench.errors import DataError
     from mmbench.results import table
 
     results = Path(args.results)
-    reported = Path(args.reported) if args.reported else results / "reported"
+    if not results.is_dir():
+        raise DataError(f"--results {results}: no such folder (`mmbench run` writes to results/ or --output DIR)")
+    if not any(results.glob("runs/*/*.json")) and not any(results.glob("synthetic/runs/*/*.json")):
+        raise DataError(f"--results {results}: no results in it (expected runs/<model>/<task>.json there)")
     out = Path(args.out) if args.out else results / "LEADERBOARD.md"
-    board = table.render(results, reported)
+    board = table.render(results, Path(args.reported) if args.reported else None)
     if args.check:
         diffs = table.check(board, out)
         if diffs:
@@ -214,6 +236,19 @@ def _table(args: argparse.Namespace) -> int:
     if args.print_:
         print(board.markdown)
     print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mmbench.results.compare import compare
+
+    result = compare(args.a, args.b, tol=args.tol, subset=args.subset)
+    print(result.table())
+    if not result.ok:
+        names = [f"{r.model}/{r.task}{'/' + r.score if r.score else ''} ({r.status})" for r in result.failures]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        print(f"mmbench: compare: {len(names)} failing: {', '.join(names[:5])}{more}", file=sys.stderr)
+        return 1
     return 0
 
 

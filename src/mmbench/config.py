@@ -3,6 +3,10 @@
 Registries are data discovered by glob. A model's name is its file stem; a task's name is its file stem and its
 domain is its folder. Files whose name starts with `_` are bases for `include:` and not entries themselves.
 Every error names the file and the key.
+
+Where the registries are found (`default_registry_roots`): the folders of `$MMBENCH_REGISTRY`, then the built-in
+registry, which an installed wheel carries as package data (`mmbench/registry/`, built from the checkout's top-level
+folders by setup.py) and a source checkout holds at its top level.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +35,49 @@ _HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
 MODEL_FINETUNE_KEYS = ("frozen",)  # the keys of a preset's free-form `finetune` block (see models.base)
 
 
-def default_registry_roots() -> list[Path]:
-    """`$MMBENCH_REGISTRY` (os.pathsep-separated) first, then the checkout that holds this package."""
-    roots = [Path(p) for p in os.environ.get("MMBENCH_REGISTRY", "").split(os.pathsep) if p]
+@dataclass(frozen=True)
+class BuiltinRegistry:
+    """The registry that comes with mmbench: presets and tasks under `root` (`models/`, `tasks/`) and the
+    leaderboard's Table-4 layout and the paper's numbers in `reported`."""
+
+    root: Path
+    reported: Path
+    packaged: bool  # True: shipped inside the installed package; False: the source checkout's folders
+
+
+def builtin_registry() -> BuiltinRegistry | None:
+    """Where the built-in registry lives: inside the installed package (`mmbench/registry/`, copied there from the
+    checkout's top-level `models/`, `tasks/` and `results/reported/` when a wheel is built, see setup.py), or, when
+    running from a source checkout (editable install or PYTHONPATH=src), the checkout's own folders. None: neither."""
+    packaged = resources.files("mmbench") / "registry"
+    # pip installs a wheel as files on disk; a registry inside a zip archive is not supported (globs need folders).
+    if isinstance(packaged, Path) and (packaged / "models").is_dir() and (packaged / "tasks").is_dir():
+        return BuiltinRegistry(packaged, packaged / "reported", packaged=True)
     checkout = Path(__file__).resolve().parents[2]
     if (checkout / "models").is_dir() and (checkout / "tasks").is_dir():
-        roots.append(checkout)
+        return BuiltinRegistry(checkout, checkout / "results" / "reported", packaged=False)
+    return None
+
+
+def default_registry_roots() -> list[Path]:
+    """The folders of `$MMBENCH_REGISTRY` (os.pathsep-separated; each holds `models/` and/or `tasks/`), then the
+    built-in registry. Earlier roots shadow later ones, so a user's `clip.yaml` replaces the shipped preset."""
+    roots: list[Path] = []
+    for entry in os.environ.get("MMBENCH_REGISTRY", "").split(os.pathsep):
+        if not entry:
+            continue
+        root = Path(entry).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"MMBENCH_REGISTRY: {root} is not a folder")
+        if not (root / "models").is_dir() and not (root / "tasks").is_dir():
+            raise ConfigError(
+                f"MMBENCH_REGISTRY: {root} holds neither models/ nor tasks/ (expected models/*.yaml, "
+                "tasks/<domain>/*.yaml)"
+            )
+        roots.append(root)
+    builtin = builtin_registry()
+    if builtin is not None:
+        roots.append(builtin.root)
     return roots
 
 

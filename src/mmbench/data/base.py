@@ -44,6 +44,11 @@ class Reader:
         """Records of `split` in a fixed order; only the first `limit`; only decode those whose index `keep`s."""
         raise NotImplementedError
 
+    def num_samples(self, split: str) -> int | None:
+        """The split's size when the format tells it cheaply (file metadata, an index already read); None otherwise.
+        Only progress bars use it, to show samples against a total."""
+        return None
+
     def random_access(self, split: str, limit: int | None = None) -> Sequence[Record] | None:
         """Optional: a sequence whose item i is record i, decoded on access (what fine-tuning draws shuffled
         batches from; `samples` order and indices). None: the caller materialises `samples(split)` in memory,
