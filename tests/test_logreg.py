@@ -4,6 +4,7 @@ L2 sweep against brute force, and the accuracies against scikit-learn's metrics.
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -109,6 +110,52 @@ def test_sweep_finds_the_best_strength_on_the_eighth_decade_grid():
 def test_sweep_ties_go_to_the_stronger_regularisation():
     res = sweep_l2(lambda l2, warm: (1.0 if 1e-2 <= l2 <= 1e2 else 0.5, None), 1e-6, 1e6, 8)
     assert res.best_l2 == pytest.approx(1e2)
+
+
+def test_sweep_tolerance_keeps_the_pick_when_one_weak_fit_gains_a_sample():
+    """The AVX-512 failure, replayed without floats: 24 validation samples, a plateau of 21/24 from 10^-1.7 down,
+    and on one CPU the weakest fit gains one sample (22/24) from a near-tied prediction. Without a tolerance the
+    pick jumps to 1e-6; with one sample's tolerance both CPUs keep the strong edge of the plateau. The limit of any
+    band: a shoulder exactly one sample below the plateau sits on the band's edge, and the bump moves the pick --
+    but only along the shoulder, not across the range."""
+    q = 1 / 24
+
+    def curve(bump, shoulder):
+        def score(l2, warm):
+            edge = 20 * q if shoulder and l2 <= 10**-0.9 else 12 * q  # the rising edge of the accuracy curve
+            return (21 * q if l2 <= 10**-1.7 else edge) + (q if bump and l2 <= 1.01e-6 else 0.0), None
+
+        return score
+
+    exact = [sweep_l2(curve(bump, False)).best_l2 for bump in (False, True)]
+    assert exact == [pytest.approx(10**-1.75), pytest.approx(1e-6)]  # tolerance 0: the flip
+    plain, bumped = (sweep_l2(curve(bump, False), tolerance=q) for bump in (False, True))
+    assert plain.best_l2 == pytest.approx(bumped.best_l2) == pytest.approx(10**-1.75)  # strongest 21/24 point
+    assert bumped.max_score == pytest.approx(22 * q) and bumped.best_score == pytest.approx(21 * q)
+    assert bumped.candidates[0] == bumped.best_l2 and bumped.candidates[-1] == pytest.approx(1e-6)
+    within = [p for p in bumped.points if bumped.max_score - p.score <= q + 1e-12]
+    assert sorted(p.l2 for p in within) == sorted(bumped.candidates)
+    shoulder = [sweep_l2(curve(bump, True), tolerance=q).best_l2 for bump in (False, True)]
+    assert shoulder == [pytest.approx(0.1), pytest.approx(10**-1.75)]  # moved along the shoulder: < 1 decade
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0])
+def test_sweep_properties_on_random_score_curves(tolerance):
+    """What the protocol's tests assert of every sweep, checked on 2,000 seeded random step curves (plateaus, steps
+    of 1-2, ties everywhere): every decade evaluated, both 1/8-decade neighbours of the pick evaluated, the pick the
+    strongest strength within `tolerance` of the best, and `candidates` exactly those strengths."""
+    rng = random.Random(0)
+    for _ in range(2000):
+        levels, level = {}, rng.randint(0, 5)
+        for pos in range(-48, 49):
+            level = max(0, level + rng.choice([-2, -1, 1, 2])) if rng.random() < 0.3 else level
+            levels[pos] = level
+        res = sweep_l2(lambda l2, warm, lv=levels: (lv[round(math.log10(l2) * 8)], None), 1e-6, 1e6, 8, tolerance)
+        seen = {round(math.log10(p.l2) * 8): p.score for p in res.points}
+        pick = round(math.log10(res.best_l2) * 8)
+        assert set(range(-48, 49, 8)) <= set(seen) and {q for q in (pick - 1, pick + 1) if abs(q) <= 48} <= set(seen)
+        tied = sorted((q for q, v in seen.items() if max(seen.values()) - v <= tolerance), reverse=True)
+        assert pick == tied[0] and [round(math.log10(c) * 8) for c in res.candidates] == tied
 
 
 def test_sweep_on_real_fits_picks_a_useful_strength(data):
