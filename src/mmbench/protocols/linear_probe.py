@@ -183,6 +183,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         "feature_cache": ext.cache,
         "solver": _solver(device, params),
     }
+    if ext.cache_error:
+        details["feature_cache_error"] = ext.cache_error
     return ProtocolOutput(metrics, n_samples=len(test.labels), details=details, is_global_zero=ext.is_global_zero)
 
 
