@@ -38,6 +38,12 @@ class Reader:
     def check(self, split: str) -> None:
         """Raise `DataError` naming what is missing or inconsistent for `split`."""
 
+    def has_split(self, split: str) -> bool:
+        """Does the dataset contain `split` at all? Cheap (one file-system lookup, nothing read), so a caller can
+        choose between splits (an official validation split, else a hold-out) before `check` validates the one it
+        uses; a split that is present but damaged is `check`'s error, never a silent fallback."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tell which splits it has")
+
     def samples(
         self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
     ) -> Iterator[Record]:

@@ -91,6 +91,9 @@ class ImageFolderReader(Reader):
     def check(self, split: str) -> None:
         self.files(split)
 
+    def has_split(self, split: str) -> bool:
+        return (self.root / split).is_dir()
+
     def fingerprint(self, split: str) -> str:
         """Identity of the split for caches: every image's path, size and mtime, plus the class list."""
         extra = file_digest(self.root / CLASSNAMES_FILE) + "\n".join(self.classnames()).encode()

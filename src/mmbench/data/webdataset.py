@@ -29,6 +29,9 @@ class WdsReader(Reader):
     def detect(cls, root: Path, task) -> bool:
         return (Path(root) / task.data.split / "nshards.txt").is_file()
 
+    def has_split(self, split: str) -> bool:
+        return (self.root / split).is_dir()  # its nshards.txt and shards are `check`'s business
+
     def shards(self, split: str) -> list[Path]:
         split_dir = self.root / split
         nshards_file = split_dir / "nshards.txt"
