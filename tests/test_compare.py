@@ -143,5 +143,5 @@ def test_bad_arguments_are_one_line_errors_naming_what_is_wrong(committed, tmp_p
     with pytest.raises(DataError, match=rf"{tmp_path / 'nope'}: no such results folder"):
         compare(tmp_path / "nope", committed)
     (tmp_path / "empty" / "runs").mkdir(parents=True)
-    assert main(["compare", str(tmp_path / "empty"), str(committed)]) == 2
+    assert main(["compare", str(tmp_path / "empty"), str(committed)]) == 3  # a data problem: exit 3, as every DataError
     assert f"{tmp_path / 'empty'}: no results in it" in capsys.readouterr().err

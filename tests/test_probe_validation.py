@@ -93,3 +93,21 @@ def test_no_task_stops_over_a_validation_split_its_data_lack(registry, tmp_path,
         d = _run(registry, task, root, tmp_path / "cache", factory).details
         assert d["validation"]["source"] == "holdout" and d["validation"]["requested"] == "val", name
         assert (d["n_train"], d["n_val"], d["n_test"]) == (18, 2, 6), name
+
+
+def test_a_rerun_on_data_without_the_validation_split_is_up_to_date(flowers, tmp_path):
+    """The result's data fingerprint covers the splits the probe read, whichever spelling (or none) the data hold:
+    a second run on the same train/test-only folder is skipped, and moving `val` in under another spelling is new
+    data that runs again."""
+    from mmbench import evaluate
+
+    root = shutil.copytree(flowers, tmp_path / "data" / "flowers102")
+    shutil.rmtree(root / "val")
+    kw = dict(data_root=tmp_path / "data", output=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    first = evaluate("clip-tiny", "flowers102", num_workers=0, **kw)[0]
+    assert first.details["validation"]["source"] == "holdout" and first.data_fingerprint is not None
+    again = evaluate("clip-tiny", "flowers102", num_workers=0, **kw)[0]
+    assert again.provenance["finished_at"] == first.provenance["finished_at"]  # skipped: read back, not re-run
+    shutil.copytree(flowers / "val", root / "valid")
+    third = evaluate("clip-tiny", "flowers102", num_workers=0, **kw)[0]
+    assert third.data_fingerprint != first.data_fingerprint and third.details["validation"]["split"] == "valid"

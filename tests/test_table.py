@@ -405,7 +405,7 @@ def test_table_on_a_folder_without_results_is_an_error_naming_it(tmp_path, capsy
     folder = tmp_path / "nothing-here"
     if kind == "empty":
         (folder / "runs").mkdir(parents=True)
-    assert main(["table", "--results", str(folder)]) == 2
+    assert main(["table", "--results", str(folder)]) == 3  # a data problem (the results folder): exit 3
     err = capsys.readouterr().err
     assert f"--results {folder}: " in err and ("no such folder" if kind == "missing" else "no results in it") in err
     assert not (folder / "LEADERBOARD.md").exists()

@@ -171,8 +171,12 @@ def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp:
 def _splits_read(task: TaskConfig, synthetic: bool) -> list[str]:
     """Every split the task's protocol reads: what its result depends on."""
     if task.protocol == "linear_probe":
+        from mmbench.protocols.linear_probe import VAL_SPELLINGS
+
         lp = task.linear_probe
-        return list(dict.fromkeys([lp.train_split, *([lp.val_split] if lp.val_split else []), task.data.split]))
+        # The probe validates on whichever spelling of its split the data hold (absent ones are skipped below).
+        vals = [lp.val_split, *VAL_SPELLINGS] if lp.val_split in VAL_SPELLINGS else [lp.val_split]
+        return list(dict.fromkeys([lp.train_split, *(v for v in vals if v), task.data.split]))
     if task.protocol == "finetune":
         from mmbench.protocols.finetune import effective_params
 
@@ -208,9 +212,18 @@ def _split_fingerprints(reader: Any, splits: list[str]) -> list[str] | None:
     if fingerprint is None:
         return None
     try:
-        return [f"{reader.format}/{split}={fingerprint(split)}" for split in splits]
+        return [f"{reader.format}/{split}={fingerprint(split)}" for split in splits if _has_split(reader, split)]
     except NotImplementedError:
         return None
+
+
+def _has_split(reader: Any, split: str) -> bool:
+    """False only when the reader knows the split is absent (e.g. a validation split the published files lack, for
+    which the probe holds out part of train): absence is part of the fingerprint by omission."""
+    try:
+        return reader.has_split(split)
+    except NotImplementedError:
+        return True
 
 
 def _tree_fingerprint(root: Path) -> str:
