@@ -199,7 +199,7 @@ def _list(args: argparse.Namespace) -> int:
     reg = Registry()
     if args.what == "models":
         for name in sorted(reg.model_files):
-            cfg = reg.model(name)
+            cfg = reg.model(name, check=False)
             tag = " [random weights]" if cfg.random_init else ""
             print(f"{name:<16} {cfg.checkpoint or '-':<40} {cfg.description}{tag}")
     elif args.what == "tasks":
