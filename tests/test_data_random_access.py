@@ -286,3 +286,45 @@ def test_records_are_plain_values_no_numpy(registry, roots):
     rec = open_reader(_task(registry, "vqa"), roots["vqa"]).random_access("train2014")[0]
     assert type(rec["question_id"]) is int and type(rec["answers"]) is list and isinstance(rec["text"], str)
     assert np.asarray(rec["image"]).shape[2] == 3
+
+
+# ---- the streaming JSON reader ---------------------------------------------------------------------------------
+
+DOCS = [
+    {"info": {"a": [1, {"b": "}]"}]}, "questions": [{"q": "what?", "id": 12345678901}, {"q": 'é " \\ ]'}], "z": 1.5},
+    {"questions": [], "n": 0},
+    {"license": None, "questions": [1, 2.5e-3, -7, True, None, "x", [3, [4]], {}], "data_type": "mscoco"},
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_json_list_items_one_at_a_time_equal_json_loads(tmp_path, chunk, indent):
+    from mmbench.data.jsonfiles import iter_json_list
+
+    for i, doc in enumerate(DOCS):
+        path = tmp_path / f"{i}.json"
+        path.write_text(json.dumps(doc, indent=indent, ensure_ascii=False), encoding="utf-8")
+        assert list(iter_json_list(path, "questions", chunk=chunk)) == doc["questions"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"questions": [1, 2', r"not valid JSON \(expected ',' or '\]' at character 19\)"),
+        ('{"questions": [1, 2,]}', r"not valid JSON \(Expecting value at character 20\)"),
+        ('{"questions": [1]} x', r"not valid JSON \(extra data after the object at character 19\)"),
+        ('{"annotations": [1]}', r"key 'questions': expected a list$"),
+        ('{"questions": "yes"}', r"key 'questions': expected a list$"),
+        ("[1, 2]", r"key 'questions': expected a list \(the file is not a JSON object\)"),
+        ("", r"not valid JSON \(Expecting value at character 0\)"),
+    ],
+)
+def test_json_list_errors_name_the_file(tmp_path, text, message):
+    from mmbench.data.jsonfiles import iter_json_list
+
+    path = tmp_path / "q.json"
+    path.write_text(text)
+    for chunk in (2, 1 << 20):
+        with pytest.raises(DataError, match=rf"^{path}: {message}"):
+            list(iter_json_list(path, "questions", chunk=chunk))

@@ -40,8 +40,9 @@ class _JsonText:
         self.buf += data
         return bool(data)
 
-    def fail(self, msg: str, pos: int | None = None) -> NoReturn:
-        at = self.consumed + (self.pos if pos is None else pos)
+    def fail(self, msg: str, at: int | None = None) -> NoReturn:
+        """`at`: the character offset in the file (default: the current position)."""
+        at = self.consumed + self.pos if at is None else at
         raise DataError(f"{self.path}: not valid JSON ({msg} at character {at})")
 
     def peek(self) -> str:
@@ -66,9 +67,10 @@ class _JsonText:
             try:
                 obj, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as e:
+                at = self.consumed + e.pos  # before reading more moves the buffer
                 if self._read_more(len(self.buf)):  # the value may go on past the buffer (doubling: linear time)
                     continue
-                self.fail(e.msg, e.pos)
+                self.fail(e.msg, at)
             if end == len(self.buf) and self._read_more(len(self.buf)):
                 continue  # a number or literal at the end of the buffer may be cut short: decode it again
             self.pos = end
@@ -109,7 +111,7 @@ class _JsonText:
             raise DataError(f"{self.path}: key {key!r}: expected a list")
 
 
-def iter_json_list(path: Path, key: str) -> Iterator[Any]:
+def iter_json_list(path: Path, key: str, chunk: int = 1 << 20) -> Iterator[Any]:
     """The items of the list under `key` of a JSON object file (`{"questions": [...]}`), parsed one at a time:
     VQAv2's train annotations are 330 MB of JSON, ~3 GB as Python objects when loaded whole. One-line errors name
     the file (and the character offset)."""
@@ -117,7 +119,7 @@ def iter_json_list(path: Path, key: str) -> Iterator[Any]:
         raise DataError(f"{path}: missing")
     try:
         with open(path, encoding="utf-8") as f:
-            yield from _JsonText(f, path).items_of(key)
+            yield from _JsonText(f, path, chunk).items_of(key)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
 
