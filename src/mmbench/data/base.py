@@ -19,9 +19,10 @@ from mmbench.schema import TaskConfig
 class Reader:
     """One on-disk format. Every reader offers, for each split:
 
-    - `check(split)`: cheap and before any work -- every file the split refers to exists (annotation files, and
-      each image or shard they name) and the annotations parse; else one `DataError` line naming the first
-      missing file (and how many are missing) or the bad record;
+    - `check(split)`: before any work -- every file the split refers to exists (annotation files and each image
+      they name: one directory listing per image folder; WebDataset: each shard, ending in a complete tar) and
+      the annotations parse; else one `DataError` line naming the first missing file (and how many are missing)
+      or the bad record. A shard's member stream is checked in full when it is first read;
     - `random_access(split, limit)`: the split as a sequence whose item i is record i, built and decoded on access
       (what fine-tuning draws shuffled batches from); the reader keeps only a compact index per sample;
     - `samples(split, limit, keep)`: the same records in index order (evaluation streams), equal item by item;

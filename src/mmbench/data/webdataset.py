@@ -27,7 +27,9 @@ IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
 
 class WdsReader(Reader):
-    """Shard bookkeeping and streaming shared by the retrieval and classification variants."""
+    """Shard bookkeeping and random access shared by the retrieval and classification variants. `check` is the
+    cheap one (every shard present and ending like a complete tar); reading scans each shard's headers once
+    (`mmbench.data.tar_index`), which checks its member stream in full."""
 
     dataset_type: str | None = None  # what dataset_type.txt must say (None: file absent = classification)
 
@@ -141,6 +143,7 @@ class WdsClassificationReader(WdsReader):
 
     format = "wds_classification"
     dataset_type = None
+    _n_classes: int | None = None  # read from classnames.txt at the first record
 
     def expected(self) -> str:
         split = self.task.data.split
@@ -152,8 +155,6 @@ class WdsClassificationReader(WdsReader):
     def check(self, split: str) -> None:
         super().check(split)
         self.classnames()
-
-    _n_classes: int | None = None
 
     def classnames(self) -> list[str]:
         return read_classnames(self.root / CLASSNAMES_FILE)
