@@ -59,10 +59,6 @@ class Reader:
         """`sha256:<hex>` over the names, sizes and modification times of the files `split` reads."""
         raise NotImplementedError
 
-    def num_samples(self, split: str) -> int | None:
-        """The split's size when the format tells it cheaply (file metadata, an index already read); None otherwise.
-        Only progress bars use it, to show samples against a total."""
-        return None
 
     def random_access(self, split: str, limit: int | None = None) -> Sequence[Record] | None:
         """A sequence whose item i is record i of `split` (only the first `limit`), decoded on access; None when

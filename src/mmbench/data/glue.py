@@ -74,14 +74,6 @@ class GlueReader(Reader):
     def files(self, split: str) -> list[Path]:
         return sorted((self.root / self.config).glob(f"{split}-*.parquet"))
 
-    def num_samples(self, split: str) -> int | None:
-        """Rows of the split's parquet files, from their footers (no column is read)."""
-        import pyarrow.parquet as pq
-
-        try:
-            return sum(pq.read_metadata(path).num_rows for path in self.files(split)) or None
-        except Exception:  # a corrupt file is reported by `samples`, with its name; a bar just has no total
-            return None
 
     @classmethod
     def detect(cls, root: Path, task: TaskConfig) -> bool:

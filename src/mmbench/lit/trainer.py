@@ -71,9 +71,9 @@ class ProgressBar(TQDMProgressBar):
       Lightning's epochs (here one epoch is one validation interval, and `max_epochs=-1` printed `Epoch 2/-2`)
       and from the step a resumed run starts at.
     - Validation and prediction count samples (`rte validation: 40/301 samples`) against this rank's share of
-      the split when the split's size is known: the reader's `num_samples(split)` (capped by `--limit`), shared
-      among ranks and loader workers as `IndexedStream` shares its blocks. Otherwise the bar counts samples
-      without a total (an iterable stream has no length: Lightning printed `10/?`).
+      the split: the size of the stream's index (capped by `--limit`), shared among ranks and loader workers as
+      `IndexedStream` shares its blocks. Other streams (a fine-tuning hold-out) count samples without a total
+      (an iterable stream has no length: Lightning printed `10/?`).
     """
 
     TRAIN_FORMAT = "{desc}step {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
@@ -164,13 +164,10 @@ class ProgressBar(TQDMProgressBar):
             bar.n = n
 
 
-def rank_share(stream: IndexedStream, num_workers: int) -> int | None:
-    """How many of the split's samples this rank streams: None unless the reader knows the split's size."""
-    count = getattr(stream.reader, "num_samples", None)
-    n = count(stream.split) if callable(count) else None
-    if n is None:
-        return None
-    n = min(n, stream.limit) if stream.limit is not None else n
+def rank_share(stream: IndexedStream, num_workers: int) -> int:
+    """How many of the split's samples this rank streams (the stream's index knows the split's size, `--limit`
+    applied)."""
+    n = len(stream.records)
     if stream.world_size == 1:
         return n
     # IndexedStream gives block b to part b % (world x workers); this rank owns parts rank x workers ... + workers - 1
