@@ -59,7 +59,6 @@ class Reader:
         """`sha256:<hex>` over the names, sizes and modification times of the files `split` reads."""
         raise NotImplementedError
 
-
     def random_access(self, split: str, limit: int | None = None) -> Sequence[Record] | None:
         """A sequence whose item i is record i of `split` (only the first `limit`), decoded on access; None when
         the format cannot offer one (then it cannot be fine-tuned on)."""

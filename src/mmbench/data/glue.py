@@ -74,7 +74,6 @@ class GlueReader(Reader):
     def files(self, split: str) -> list[Path]:
         return sorted((self.root / self.config).glob(f"{split}-*.parquet"))
 
-
     @classmethod
     def detect(cls, root: Path, task: TaskConfig) -> bool:
         reader = cls(root, task)
