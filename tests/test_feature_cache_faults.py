@@ -127,7 +127,11 @@ def test_a_cache_folder_that_cannot_exist_does_not_stop_the_run(registry, flower
     assert out.metrics == healthy[0].metrics
     assert out.details["feature_cache"] == {"train": "unsaved", "val": "unsaved", "test": "unsaved"}
     warned = [r.getMessage() for r in caplog.records if "feature cache" in r.getMessage()]
-    assert len(warned) == 1 and f"cannot write {tmp_path}/features/" in warned[0] and "Not a directory" in warned[0]
+    assert (
+        len(warned) == 1
+        and f"cannot write {tmp_path}/features/" in warned[0]
+        and "features is a file, not a folder" in warned[0]
+    )
 
 
 @pytest.mark.parametrize("damage", ["flipped bytes", "truncated", "malicious pickle"])

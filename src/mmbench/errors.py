@@ -41,7 +41,12 @@ class CheckpointError(MMBenchError):
 class OutputError(MMBenchError, OSError):
     """A result, cache or dataset that cannot be written where asked (read-only, disk full, not a folder, a folder
     that is not ours to replace); the message names the path meant, never a temporary name. Also an OSError, so
-    that code which survives a failed write (a cache that can do without) catches it as one."""
+    that code which survives a failed write (a cache that can do without) catches it as one; `path` and `reason`
+    (the OS's words), when known, let it say so in its own words."""
+
+    def __init__(self, message: str, path: object = None, reason: str | None = None):
+        super().__init__(message)
+        self.path, self.reason = path, reason
 
 
 class CapabilityError(MMBenchError):

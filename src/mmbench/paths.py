@@ -121,7 +121,7 @@ def make_folder(folder: Path, purpose: str | None = None) -> Path:
     except OSError as e:
         blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a folder" if blocker is not None else (e.strerror or str(e))
-        raise OutputError(f"{purpose or f'cannot create folder {folder}'}: {why}") from None
+        raise OutputError(f"{purpose or f'cannot create folder {folder}'}: {why}", path=folder, reason=why) from None
     return folder
 
 
@@ -161,7 +161,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         reason = os_reason(e)
         if reason is None or isinstance(e, MMBenchError):
             raise
-        raise OutputError(f"cannot write {path}: {reason}") from None
+        raise OutputError(f"cannot write {path}: {reason}", path=path, reason=reason) from None
     return path
 
 

@@ -33,7 +33,7 @@ from mmbench.lit.predict import IndexedPredictor, StreamDataModule, predict
 from mmbench.lit.trainer import make_trainer
 from mmbench.models.base import ModelWrapper
 from mmbench.models.fingerprint import weights_fingerprint
-from mmbench.paths import atomic_write
+from mmbench.paths import atomic_save
 from mmbench.protocols.base import RunContext
 
 log = logging.getLogger("mmbench")
@@ -106,9 +106,9 @@ class FeatureCache:
         entry["digest"] = _digest(feats.features, feats.labels)
         path = self.path(key)
         try:
-            return atomic_write(path, lambda tmp: _save(entry, tmp))
-        except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer, when it hides no OSError
-            self.error = f"{path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+            return atomic_save(path, entry)
+        except (OSError, RuntimeError) as e:  # OutputError (an OSError) when the OS refused; RuntimeError: torch's
+            self.error = f"{path}: {getattr(e, 'reason', None) or (e.strerror if isinstance(e, OSError) else 0) or e}"
             log.warning("feature cache: cannot write %s; going on without caching", self.error)
             return None
 
@@ -122,39 +122,6 @@ def _digest(features: Tensor, labels: Tensor) -> str:
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().numpy())
     return h.hexdigest()
-
-
-class _WriteAll:
-    """A file for `torch.save` that writes every byte or raises the OSError saying why, and keeps that error:
-    torch's zip writer turns a failed write into "RuntimeError: unexpected pos ..." and loses the reason."""
-
-    def __init__(self, raw: Any):
-        self.raw, self.error = raw, None
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        try:
-            while done < len(view):
-                done += self.raw.write(view[done:])
-        except OSError as e:
-            self.error = e
-            raise
-        return done
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
-def _save(entry: dict[str, Any], tmp: Path) -> None:
-    with open(tmp, "wb", buffering=0) as raw:
-        sink = _WriteAll(raw)
-        try:
-            torch.save(entry, sink)
-        except RuntimeError:
-            if sink.error is None:
-                raise
-            raise sink.error from None
 
 
 class _Collate:
