@@ -1,6 +1,6 @@
-"""The fault catalogue, part 2 (part 1 is the table in `test_faults.py`): faults that need real processes -- a kill -9
-in the middle of writing, the temporaries a dead writer leaves, a file-size limit (a full disk, which binds root
-too) -- and the permissions of what mmbench writes under a given umask.
+"""The fault catalogue, the faults that need real processes (the tables are `test_faults*.py`): a kill -9 in the
+middle of writing, the temporaries a dead writer leaves, a file-size limit on a process of its own (a full disk,
+which binds root too) -- and the permissions of what mmbench writes under a given umask.
 """
 
 from __future__ import annotations
