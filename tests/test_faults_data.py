@@ -358,8 +358,6 @@ CATALOGUE = [
         (FINETUNE, "/last.ckpt: cannot write", "File too large"),
         file_size_limit=500_000,  # best.pt is 340 KB, last.ckpt 800 KB
         check=_nothing_half_written,
-        defect="exits 4 (a checkpoint that cannot be found or loaded): run_folder._write_last and run_folder._write "
-        "raise CheckpointError for a failed write; a cache that cannot be written is exit 5 (OutputError)",
     ),
     # -- repaired data: exit 0 ---------------------------------------------------------------------------------------
     Fault(

@@ -368,7 +368,9 @@ def _git_commit() -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # --no-optional-locks: `git status` would otherwise take .git/index.lock to refresh the index, and a
+            # run killed at that moment (kill -9, a timeout) leaves the lock behind and the user's repository stuck.
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
             cwd=here,
             capture_output=True,
             text=True,
