@@ -93,6 +93,21 @@ def test_both_layouts_hold_the_same_samples(registry, tmp_path):
         assert ra[0]["key"] == "red/000000.png"
 
 
+def test_has_split_looks_without_reading(registry, tmp_path):
+    """Both layouts answer from the folder alone: present (even when damaged: `check` says how) or absent."""
+    task = registry.task("food101", SMALL)
+    folder = synthetic.write(task, tmp_path / "f", n=4, seed=5)
+    tars = synthetic.write(task, tmp_path / "w", fmt="wds_classification", n=4, seed=5)
+    (tars / "train" / "0.tar").write_bytes(b"not a tar")  # has_split reads nothing, so this cannot matter
+    for root in (folder, tars):
+        reader = open_reader(task, root)
+        assert [reader.has_split(s) for s in ("train", "test", "val", "valid")] == [True, True, False, False]
+    (tars / "valid").mkdir()
+    assert open_reader(task, tars).has_split("valid")
+    with pytest.raises(DataError, match=r"w/valid/nshards\.txt: missing"):
+        open_reader(task, tars).check("valid")
+
+
 def _folder(root, split, classes, per_class=1):
     for c in classes:
         for i in range(per_class):

@@ -171,6 +171,10 @@ def test_missing_karpathy_image_names_path(registry, tmp_path, flickr_karpathy):
     root = tmp_path / "kp2"
     shutil.copytree(flickr_karpathy, root)
     victim = sorted((root / "flickr30k-images").iterdir())[-1]
-    victim.unlink()
+    reader = open_reader(registry.task("flickr30k"), root)
+    victim.unlink()  # after the check: reading names it
     with pytest.raises(DataError, match=re.escape(f"{victim}: image file not found")):
-        list(open_reader(registry.task("flickr30k"), root).samples("test"))
+        list(reader.samples("test"))
+    # before the first step: the check names the first missing image and how many are missing
+    with pytest.raises(DataError, match=re.escape(f"{victim}: image file missing (1 of the 10 image files")):
+        open_reader(registry.task("flickr30k"), root)

@@ -303,10 +303,12 @@ def test_vqa_missing_image_names_path_and_question(registry, vqa_root, tmp_path)
     q = json.loads((root / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"][3]
     assert q["question_id"] % 1000 == 0  # the first question on its image: the one that fails first
     victim = root / "val2014" / f"COCO_val2014_{q['image_id']:012d}.jpg"
-    victim.unlink()
     reader = open_reader(_task(registry, "vqav2"), root)
+    victim.unlink()  # after the check: reading names the image and the question
     with pytest.raises(DataError, match=re.escape(f"{victim} (question_id {q['question_id']}): image file not found")):
         list(reader.samples("val2014"))
+    with pytest.raises(DataError, match=re.escape(f"{victim}: image file missing (1 of the 4 image files that split")):
+        open_reader(_task(registry, "vqav2"), root)
 
 
 def test_vqa_malformed_json_and_question_without_annotation(registry, vqa_root, tmp_path):
@@ -315,10 +317,10 @@ def test_vqa_malformed_json_and_question_without_annotation(registry, vqa_root, 
     data = json.loads(ann_file.read_text())
     lost = data["annotations"].pop(7)
     ann_file.write_text(json.dumps(data))
-    reader = open_reader(_task(registry, "vqav2"), root)
     pattern = rf"v2_mscoco_val2014_annotations\.json: no annotation for question_id {lost['question_id']} \("
     with pytest.raises(DataError, match=pattern + r"v2_OpenEnded_mscoco_val2014_questions\.json \[7\]\)"):
-        list(reader.samples("val2014"))
+        open_reader(_task(registry, "vqav2"), root)  # found by the check, before any work
+    shutil.copy(vqa_root / ann_file.name, ann_file)
     q_file = root / "v2_OpenEnded_mscoco_val2014_questions.json"
     q_file.write_text(q_file.read_text()[:-20])
     with pytest.raises(DataError, match=r"v2_OpenEnded_mscoco_val2014_questions\.json: not valid JSON"):
@@ -349,6 +351,9 @@ def test_jsonl_bad_line_and_label_outside_the_set(registry, snli_root, memes_roo
         list(open_reader(_task(registry, "hateful_memes"), hm).samples("dev_seen"))
     path.write_text("\n".join(lines) + "\n")
     victim = hm / json.loads(lines[2])["img"]
+    reader = open_reader(_task(registry, "hateful_memes"), hm)
     victim.unlink()
     with pytest.raises(DataError, match=re.escape(f"{victim} (dev_seen.jsonl:3): image file not found")):
-        list(open_reader(_task(registry, "hateful_memes"), hm).samples("dev_seen"))
+        list(reader.samples("dev_seen"))
+    with pytest.raises(DataError, match=re.escape(f"{victim}: image file missing (1 of the 8 image files")):
+        open_reader(_task(registry, "hateful_memes"), hm)

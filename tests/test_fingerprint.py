@@ -63,6 +63,8 @@ def _fake_hub_snapshot(cache, repo, commit, ref="main"):
     folder = cache / f"models--{repo.replace('/', '--')}"
     (folder / "snapshots" / commit).mkdir(parents=True)
     (folder / "snapshots" / commit / "config.json").write_text("{}")
+    # as `hf download` leaves it: whether the checkpoint has a processor config must be known (models.preprocess)
+    (folder / "snapshots" / commit / "preprocessor_config.json").write_text("{}")
     (folder / "refs").mkdir(exist_ok=True)
     (folder / "refs" / ref).write_text(commit)
 

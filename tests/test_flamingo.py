@@ -4,6 +4,7 @@ Equality with open-flamingo itself is in test_flamingo_parity.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -197,17 +198,35 @@ def test_the_language_model_called_on_its_own_is_unchanged():
 
 
 # ---- any causal LM, named by path ------------------------------------------------------------------------------
+def with_lm(lm_model_type: str, decoder_layers: str, lm: dict[str, Any]) -> FlamingoWrapper:
+    """`flamingo-tiny` around another LM, its `lm` block replaced (a merge would keep GPT-NeoX keys that GPT-2's
+    config does not read, which is now an error), every parameter randomised."""
+    cfg = Registry(roots=[REPO]).model("flamingo-tiny")
+    arch = {**cfg.arch, "lm_model_type": lm_model_type, "decoder_layers": decoder_layers, "lm": lm}
+    return randomize_(build_model(dataclasses.replace(cfg, arch=arch)), seed=0)
+
+
 @pytest.mark.parametrize(
     "lm_model_type,decoder_layers,lm",
     [
-        ("llama", "model.layers", {"num_key_value_heads": 2}),
-        ("gpt2", "transformer.h", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}),
+        (
+            "llama",
+            "model.layers",
+            {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            },
+        ),
+        ("gpt2", "transformer.h", {"n_embd": 32, "n_inner": 64, "n_layer": 2, "n_head": 2, "n_positions": 128}),
     ],
 )
 @torch.no_grad()
 def test_other_causal_lms_by_decoder_layer_path(lm_model_type, decoder_layers, lm):
-    arch = {"lm_model_type": lm_model_type, "decoder_layers": decoder_layers, "lm": lm}
-    model = tiny({"arch": arch}).eval()
+    model = with_lm(lm_model_type, decoder_layers, lm).eval()
+    assert model.max_text_positions == model.model.lang_encoder.config.max_position_embeddings - 1
     toks = model.tokenize(CAPTIONS)
     assert model.pair_features(images(3, 0), **toks).shape == (3, 32)
     assert (model.pair_features(images(3, 0), **toks) - model.text_features(**toks)).abs().amax() > 1e-3

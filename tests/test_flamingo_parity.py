@@ -140,6 +140,36 @@ class OpenClipVisual(nn.Module):
         return out.pooler_output, out.last_hidden_state[:, 1:]
 
 
+def vision_tower_at(vision: nn.Module, size: int) -> nn.Module:
+    """A copy of an HF CLIP vision tower built for `size`-px images, its position table HF's interpolation of the
+    trained one (`interpolate_pos_encoding`, what the reference's tower would be given for larger images)."""
+    config = type(vision.config)(**{**vision.config.to_dict(), "image_size": size})
+    tower = type(vision)(config).eval()
+    state = dict(vision.state_dict())
+    key = next(k for k in state if k.endswith("position_embedding.weight"))
+    embeddings = vision.get_submodule(key.removesuffix(".position_embedding.weight"))
+    grid = torch.zeros(1, 1 + (size // config.patch_size) ** 2, config.hidden_size)  # only its shape is read
+    state[key] = embeddings.interpolate_pos_encoding(grid, size, size)[0]
+    tower.load_state_dict(state)
+    return tower
+
+
+def pass_positional_arguments(lm: nn.Module) -> None:
+    """transformers 5's GPT2Model calls each block as `block(hidden_states, cache, mask, encoder_states, ...)`;
+    the reference's `FlamingoLayer.forward(lang_x, attention_mask=None, **kwargs)` was written for transformers 4,
+    whose GPT-2 passed those by keyword. Name them by the block's own signature, then run the reference's forward
+    unchanged."""
+    import inspect
+
+    class KeywordFlamingoLayer(REF.flamingo_lm.FlamingoLayer):
+        def forward(self, lang_x, *args, **kwargs):
+            names = list(inspect.signature(self.decoder_layer.forward).parameters)[1 : 1 + len(args)]
+            return super().forward(lang_x, **dict(zip(names, args)), **kwargs)
+
+    for layer in lm._get_decoder_layers():
+        layer.__class__ = KeywordFlamingoLayer
+
+
 def reference_flamingo(ours: Flamingo, arch: FlamingoArch, eoc_token_id: int) -> nn.Module:
     """The reference `Flamingo` around copies of our LM and vision tower, with our resampler and block weights."""
     lm = type(ours.lang_encoder)(ours.lang_encoder.config)
@@ -173,13 +203,21 @@ def reference_flamingo(ours: Flamingo, arch: FlamingoArch, eoc_token_id: int) ->
     return model.eval()
 
 
-def tiny_pair(immediate: bool) -> tuple[FlamingoWrapper, nn.Module]:
+def tiny_pair(immediate: bool, lm: tuple[str, str, dict[str, Any]] | None = None) -> tuple[FlamingoWrapper, nn.Module]:
+    """flamingo-tiny (or around another LM: model type, decoder-layer path, config) and the reference, equal
+    weights, every parameter randomised."""
     cfg = Registry(roots=[REPO]).model(
         "flamingo-tiny", {"arch": {"cross_attn": {"only_attend_immediate_media": immediate}}}
     )
+    if lm is not None:  # the lm block replaced, not merged: GPT-2 reads none of GPT-NeoX's keys
+        arch = {**cfg.arch, "lm_model_type": lm[0], "decoder_layers": lm[1], "lm": lm[2]}
+        cfg = dataclasses.replace(cfg, arch=arch)
     ours = randomize_(build_model(cfg), seed=3).eval()
     eoc = ours.tokenizer.convert_tokens_to_ids("<|endofchunk|>")
-    return ours, reference_flamingo(ours.model, parse_arch(cfg, FlamingoArch), eoc)
+    theirs = reference_flamingo(ours.model, parse_arch(cfg, FlamingoArch), eoc)
+    if lm is not None and lm[0] == "gpt2":
+        pass_positional_arguments(theirs.lang_encoder)
+    return ours, theirs
 
 
 # Several images per sample at different positions; with immediate=False every row starts with an image (where
@@ -209,6 +247,42 @@ def test_full_model_logits_match_reference(immediate):
     logits = ours.model(ids, mask, px)
     ref = theirs(vision_x=px[:, :, None], lang_x=ids, attention_mask=mask).logits
     record(f"Flamingo logits (immediate={immediate})", logits, ref)
+
+
+OTHER_LMS = {
+    "llama": ("llama", "model.layers", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                            num_attention_heads=4, num_key_value_heads=2)),
+    "gpt2": ("gpt2", "transformer.h", dict(n_embd=32, n_inner=64, n_layer=4, n_head=4, n_positions=128)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("lm", sorted(OTHER_LMS))
+@torch.no_grad()
+def test_logits_in_llama_and_gpt2_style_lms_match_reference(lm):
+    """Gated blocks inserted into other decoder-layer layouts (by path, through a pre-hook) give the reference's
+    logits, not just the right shapes."""
+    ours, theirs = tiny_pair(True, OTHER_LMS[lm])
+    toks = ours.tokenize(PROMPTS[True])
+    ids, mask = toks["input_ids"], toks["attention_mask"]
+    assert (mask == 0).any() and len(ours.model.gated_cross_attn_layers) == 2
+    px = randn(3, 2, 3, 32, 32, seed=4)
+    logits = ours.model(ids, mask, px)
+    ref = theirs(vision_x=px[:, :, None], lang_x=ids, attention_mask=mask).logits
+    record(f"Flamingo logits in a {lm} LM", logits, ref)
+
+
+@pytest.mark.parametrize("size", [64, 48])
+@torch.no_grad()
+def test_logits_at_larger_image_sizes_match_reference(size):
+    """VQA-style larger images: our tower interpolates its positions on the fly; the reference gets a tower built
+    at that size whose table HF interpolated once."""
+    ours, theirs = tiny_pair(True)
+    theirs.vision_encoder = OpenClipVisual(vision_tower_at(ours.model.vision_encoder, size))
+    toks = ours.tokenize(PROMPTS[True])
+    px = randn(3, 2, 3, size, size, seed=5)
+    logits = ours.model(toks["input_ids"], toks["attention_mask"], px)
+    ref = theirs(vision_x=px[:, :, None], lang_x=toks["input_ids"], attention_mask=toks["attention_mask"]).logits
+    record(f"Flamingo logits at {size} px", logits, ref)
 
 
 @torch.no_grad()

@@ -4,10 +4,12 @@ L2 sweep against brute force, and the accuracies against scikit-learn's metrics.
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
 import torch
+from fit_error import FitGeometry, assert_agree_where_decided
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
@@ -73,9 +75,14 @@ def test_standardised_coordinates_change_nothing_but_convergence(data):
     torch.testing.assert_close(shifted.weight, base.weight, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(shifted.bias, base.bias - 40.0 * base.weight.sum(0), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(scaled.weight, base.weight * 10.0, atol=1e-5, rtol=1e-5)
-    assert torch.equal(shifted.predict(xt + 40.0), base.predict(xt))
-    # in float32 too: centring before the matmul keeps logits exact far from the origin
-    assert torch.equal(fit_logreg(x.float() + 40.0, y, 8, 1.0).predict(xt.float() + 40.0), base.predict(xt))
+    # The same predictions wherever the answer is decided, i.e. the margin exceeds what the two fits' residual
+    # gradients allow (tests/fit_error.py) -- both tight float64 fits, and a float32 fit at the default tol, where
+    # centring before the matmul keeps float32 logits exact far from the origin.
+    geo = FitGeometry(x, y, 8, 1.0, base)
+    assert_agree_where_decided(geo, shifted, base, xt, shift_a=40.0, min_decided=0.99)
+    assert_agree_where_decided(geo, fit_logreg(x.float() + 40.0, y, 8, 1.0), base, xt, shift_a=40.0)
+    with pytest.raises(AssertionError):  # and a fit of another objective (lambda = 3) decides next to nothing
+        assert_agree_where_decided(geo, fit_logreg(x, y, 8, 3.0), base, xt)
 
 
 def test_warm_start_reaches_the_same_solution_faster(data):
@@ -84,8 +91,9 @@ def test_warm_start_reaches_the_same_solution_faster(data):
     warm = fit_logreg(x, y, 8, 10.0, init=fit_logreg(x, y, 8, 10.0 * 10 ** (1 / 8)))
     assert warm.converged and warm.n_iter < cold.n_iter
     assert warm.loss == pytest.approx(cold.loss, abs=1e-5)
-    again = fit_logreg(x, y, 8, 10.0, init=warm)
-    assert again.n_iter <= 1  # already optimal
+    again = fit_logreg(x, y, 8, 10.0, init=warm)  # from a converged fit: it stays there
+    assert again.converged and again.loss <= warm.loss + 1e-9
+    torch.testing.assert_close(again.weight, warm.weight, atol=1e-3, rtol=0)
 
 
 def test_sweep_finds_the_best_strength_on_the_eighth_decade_grid():
@@ -109,6 +117,52 @@ def test_sweep_finds_the_best_strength_on_the_eighth_decade_grid():
 def test_sweep_ties_go_to_the_stronger_regularisation():
     res = sweep_l2(lambda l2, warm: (1.0 if 1e-2 <= l2 <= 1e2 else 0.5, None), 1e-6, 1e6, 8)
     assert res.best_l2 == pytest.approx(1e2)
+
+
+def test_sweep_tolerance_keeps_the_pick_when_one_weak_fit_gains_a_sample():
+    """The AVX-512 failure, replayed without floats: 24 validation samples, a plateau of 21/24 from 10^-1.7 down,
+    and on one CPU the weakest fit gains one sample (22/24) from a near-tied prediction. Without a tolerance the
+    pick jumps to 1e-6; with one sample's tolerance both CPUs keep the strong edge of the plateau. The limit of any
+    band: a shoulder exactly one sample below the plateau sits on the band's edge, and the bump moves the pick --
+    but only along the shoulder, not across the range."""
+    q = 1 / 24
+
+    def curve(bump, shoulder):
+        def score(l2, warm):
+            edge = 20 * q if shoulder and l2 <= 10**-0.9 else 12 * q  # the rising edge of the accuracy curve
+            return (21 * q if l2 <= 10**-1.7 else edge) + (q if bump and l2 <= 1.01e-6 else 0.0), None
+
+        return score
+
+    exact = [sweep_l2(curve(bump, False)).best_l2 for bump in (False, True)]
+    assert exact == [pytest.approx(10**-1.75), pytest.approx(1e-6)]  # tolerance 0: the flip
+    plain, bumped = (sweep_l2(curve(bump, False), tolerance=q) for bump in (False, True))
+    assert plain.best_l2 == pytest.approx(bumped.best_l2) == pytest.approx(10**-1.75)  # strongest 21/24 point
+    assert bumped.max_score == pytest.approx(22 * q) and bumped.best_score == pytest.approx(21 * q)
+    assert bumped.candidates[0] == bumped.best_l2 and bumped.candidates[-1] == pytest.approx(1e-6)
+    within = [p for p in bumped.points if bumped.max_score - p.score <= q + 1e-12]
+    assert sorted(p.l2 for p in within) == sorted(bumped.candidates)
+    shoulder = [sweep_l2(curve(bump, True), tolerance=q).best_l2 for bump in (False, True)]
+    assert shoulder == [pytest.approx(0.1), pytest.approx(10**-1.75)]  # moved along the shoulder: < 1 decade
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0])
+def test_sweep_properties_on_random_score_curves(tolerance):
+    """What the protocol's tests assert of every sweep, checked on 2,000 seeded random step curves (plateaus, steps
+    of 1-2, ties everywhere): every decade evaluated, both 1/8-decade neighbours of the pick evaluated, the pick the
+    strongest strength within `tolerance` of the best, and `candidates` exactly those strengths."""
+    rng = random.Random(0)
+    for _ in range(2000):
+        levels, level = {}, rng.randint(0, 5)
+        for pos in range(-48, 49):
+            level = max(0, level + rng.choice([-2, -1, 1, 2])) if rng.random() < 0.3 else level
+            levels[pos] = level
+        res = sweep_l2(lambda l2, warm, lv=levels: (lv[round(math.log10(l2) * 8)], None), 1e-6, 1e6, 8, tolerance)
+        seen = {round(math.log10(p.l2) * 8): p.score for p in res.points}
+        pick = round(math.log10(res.best_l2) * 8)
+        assert set(range(-48, 49, 8)) <= set(seen) and {q for q in (pick - 1, pick + 1) if abs(q) <= 48} <= set(seen)
+        tied = sorted((q for q, v in seen.items() if max(seen.values()) - v <= tolerance), reverse=True)
+        assert pick == tied[0] and [round(math.log10(c) * 8) for c in res.candidates] == tied
 
 
 def test_sweep_on_real_fits_picks_a_useful_strength(data):
@@ -139,7 +193,9 @@ def test_accuracies_match_sklearn():
 def test_gpu_fit_matches_cpu(data):
     x, y, xt, _ = data
     cpu, gpu = fit_logreg(x, y, 8, 1.0), fit_logreg(x.cuda(), y.cuda(), 8, 1.0)
-    assert gpu.weight.is_cuda and torch.equal(gpu.predict(xt.cuda()).cpu(), cpu.predict(xt))
+    assert gpu.weight.is_cuda and gpu.converged and cpu.converged
+    geo = FitGeometry(x, y, 8, 1.0, fit_logreg(x.double(), y, 8, 1.0, tol=1e-8))
+    assert_agree_where_decided(geo, gpu, cpu, xt)  # two float32 solvers: agreement where the margin decides
 
 
 def test_strong_regularisation_converges_from_a_cold_start():
@@ -152,7 +208,7 @@ def test_strong_regularisation_converges_from_a_cold_start():
     s = torch.arange(1, 97, dtype=torch.float64).pow(-0.5)
     x = (((x.double() @ q) * s) @ q.T + 0.5 * torch.randn(96, generator=g, dtype=torch.float64)).float()
     fit = fit_logreg(x, y, 20, 1e6)
-    assert fit.converged and fit.n_iter <= 5, (fit.n_iter, fit.grad_max)
+    assert fit.converged and fit.n_iter <= 20, (fit.n_iter, fit.grad_max)  # was hundreds, unconverged; now 1
     tight = fit_logreg(x.double(), y, 20, 1e6, tol=1e-10, max_iter=5000)
     sk = LogisticRegression(C=1e-6, max_iter=5000, tol=1e-10).fit(x.double().numpy(), y.numpy())
     np.testing.assert_allclose(tight.weight.numpy().T, sk.coef_, atol=1e-8)

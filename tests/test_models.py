@@ -13,7 +13,7 @@ from helpers import randomize_
 from PIL import Image
 
 from mmbench.config import parse_overrides
-from mmbench.errors import CapabilityError, CheckpointError
+from mmbench.errors import CapabilityError, CheckpointError, ConfigError
 from mmbench.models import Capability, build_model
 from mmbench.models.tokenizers import BUILTIN, TINY_WORDS, tiny_bpe, tiny_wordpiece
 
@@ -163,3 +163,146 @@ def test_missing_local_checkpoint_names_the_path(registry, tmp_path):
     cfg = registry.model("clip", parse_overrides([f"model.checkpoint={tmp_path / 'nope'}"])["model"])
     with pytest.raises(CheckpointError, match=r"checkpoint path .*nope does not exist"):
         build_model(cfg)
+
+
+# ---- unknown keys inside `arch` (HF config classes keep unknown kwargs silently) -----------------------------
+def test_a_typo_inside_a_nested_arch_block_exits_2_naming_the_key(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmbench", "run", "--model", "clip-tiny", "--task", "flickr30k", "--data", "synthetic"]
+        + ["--output", str(tmp_path / "out"), "--set", "model.arch.vision.hidden_sz=3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "clip-tiny.yaml" in lines[0] and "'arch.vision.hidden_sz'" in lines[0] and "'hidden_size'" in lines[0]
+    assert not (tmp_path / "out").exists()  # found before any work
+
+
+@pytest.mark.parametrize(
+    "name, override, key, suggestion",
+    [
+        ("clip-tiny", "model.arch.text.max_position_embedding=64", "arch.text.max_position_embedding",
+         "max_position_embeddings"),
+        ("clip-tiny", "model.arch.projection_dims=8", "arch.projection_dims", "projection_dim"),
+        ("flava-tiny", "model.arch.image.num_hidden_layer=1", "arch.image.num_hidden_layer", "num_hidden_layers"),
+        ("flava-tiny", "model.arch.multimodal.use_cls_tokens=false", "arch.multimodal.use_cls_tokens",
+         "use_cls_token"),
+        ("flava-tiny", "model.arch.codebook.num_group=1", "arch.codebook.num_group", "num_groups"),
+        ("flamingo-tiny", "model.arch.lm.intermediate_sz=8", "arch.lm.intermediate_sz", "intermediate_size"),
+        ("flamingo-tiny", "model.arch.vision.patch_sz=4", "arch.vision.patch_sz", "patch_size"),
+        ("flamingo-tiny", "model.arch.perceiver.num_latent=4", "arch.perceiver.num_latent", "num_latents"),
+        ("flamingo-tiny", "model.arch.lm_model_type=gpt_neo_x", "arch.lm_model_type", "gpt_neox"),
+        ("beit3-tiny", "model.arch.encoder_layer=1", "arch.encoder_layer", "encoder_layers"),
+        ("flava-tiny", "model.preprocess.resize_mode=squash", "preprocess.resize_mode", "square"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_at_any_depth_are_errors_with_close_matches(registry, name, override, key, suggestion):
+    with pytest.raises(ConfigError) as err:
+        registry.model(name, parse_overrides([override])["model"])
+    msg = str(err.value)
+    assert f"'{key}'" in msg and f"'{suggestion}'" in msg and f"{name}.yaml" in msg and "\n" not in msg, msg
+
+
+def test_keys_the_hf_config_reads_under_another_name_are_accepted(registry):
+    """GPT-2's `n_embd` is what `hidden_size` maps to; GPT-NeoX's legacy `rotary_pct` is converted on read."""
+    gpt2 = parse_overrides(["model.arch.lm_model_type=gpt2", "model.arch.decoder_layers=transformer.h"])["model"]
+    gpt2["arch"]["lm"] = {"n_embd": 32}
+    with pytest.raises(ConfigError, match=r"'arch.lm.intermediate_size' is not a GPT2Config setting"):
+        registry.model("flamingo-tiny", gpt2)  # merged over the preset's GPT-NeoX block: GPT-2 has no such field
+    cfg = registry.model("flamingo-tiny", parse_overrides(["model.arch.lm.rotary_pct=0.5"])["model"])
+    assert build_model(cfg).model.lang_encoder.config.rope_parameters["partial_rotary_factor"] == 0.5
+
+
+# ---- parity with the HF reference forward, every parameter randomised ------------------------------------------
+PAIRS = ["is the circle red", "yes", "two blue squares are left of the big yellow star"]
+
+
+@torch.no_grad()
+def test_clip_embeddings_and_features_equal_clip_model_forward(registry):
+    from transformers import CLIPModel
+
+    wrapper = randomize_(build_model(registry.model("clip-tiny")), seed=4)
+    reference = CLIPModel(wrapper.model.config).eval()
+    reference.load_state_dict(wrapper.model.state_dict())  # strict: the same parameters, fresh modules
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    tokens = wrapper.tokenize(SENTENCES + ["one green triangle"])
+    assert (tokens["attention_mask"] == 0).any()  # ragged: pooling must find each row's EOS
+    out = reference(pixel_values=pixels, **tokens)
+    pooled_image = reference.vision_model(pixel_values=pixels).pooler_output
+    pooled_text = reference.text_model(**tokens).pooler_output
+    checks = {
+        "image_embeddings": (wrapper.image_embeddings(pixels), out.image_embeds),
+        "text_embeddings": (wrapper.text_embeddings(**tokens), out.text_embeds),
+        "image_features": (wrapper.image_features(pixels), pooled_image),
+        "text_features": (wrapper.text_features(**tokens), pooled_text),
+        "pair_features": (wrapper.pair_features(pixels, **tokens), torch.cat([pooled_image, pooled_text], -1)),
+    }
+    for what, (ours, theirs) in checks.items():
+        diff = (ours - theirs).abs().max().item()
+        print(f"parity clip {what}: max |diff| = {diff:.3g}")
+        assert diff <= 1e-6, what
+    # the logits CLIPModel itself computes from those embeddings
+    torch.testing.assert_close(
+        checks["image_embeddings"][0] @ checks["text_embeddings"][0].T * reference.logit_scale.exp(),
+        out.logits_per_image,
+    )
+
+
+@pytest.mark.parametrize("with_pairs", [False, True])
+@torch.no_grad()
+def test_flava_features_equal_flava_model_forward(registry, with_pairs):
+    """image_output / text_output / multimodal_output of `FlavaModel.forward`: [CLS] after each encoder's final
+    LayerNorm. Ragged texts, and sentence pairs (segment ids reach the text encoder)."""
+    from transformers import FlavaModel
+
+    wrapper = randomize_(build_model(registry.model("flava-tiny")), seed=6)
+    reference = FlavaModel(wrapper.model.config).eval()
+    reference.load_state_dict(wrapper.model.state_dict())
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    tokens = wrapper.tokenize(SENTENCES + ["one green triangle"], PAIRS if with_pairs else None)
+    assert (tokens["attention_mask"] == 0).any() and (tokens["token_type_ids"] == 1).any() == with_pairs
+    out = reference(pixel_values=pixels, **tokens)
+    checks = {
+        "image_features": (wrapper.image_features(pixels), out.image_output.last_hidden_state[:, 0]),
+        "text_features": (wrapper.text_features(**tokens), out.text_output.last_hidden_state[:, 0]),
+        "pair_features": (wrapper.pair_features(pixels, **tokens), out.multimodal_output.last_hidden_state[:, 0]),
+    }
+    for what, (ours, theirs) in checks.items():
+        diff = (ours - theirs).abs().max().item()
+        print(f"parity flava {what}: max |diff| = {diff:.3g}")
+        assert diff <= 1e-6, what
+
+
+# ---- text length: never more than the text encoder's positions ---------------------------------------------------
+LONG = " ".join(["the red circle is left of the blue square"] * 80)  # ~720 words
+
+
+@pytest.mark.parametrize(
+    "name, positions",
+    [("clip-tiny", 77), ("flava-tiny", 77), ("beit3-tiny", 128 - 2), ("flamingo-tiny", 128 - 1)],
+)
+@torch.no_grad()
+def test_tokenize_never_exceeds_the_text_positions(registry, name, positions):
+    """CLIP/FLAVA: text_config.max_position_embeddings; BEiT-3: its language position table after fairseq's two
+    unused rows; Flamingo: the LM's positions less the one `pair_features` gives its `<image>` token."""
+    model = build_model(registry.model(name))
+    assert model.max_text_positions == positions
+    tokens = model.tokenize([LONG, "yes"], max_length=4096)  # a caller asking for more than the model takes
+    assert tokens["input_ids"].shape[1] == positions
+    assert model.tokenize([LONG], max_length=16)["input_ids"].shape[1] == 16  # shorter requests are kept
+    pixels = torch.randn(2, 3, 32, 32)
+    if Capability.TEXT in model.capabilities:
+        assert model.text_features(**tokens).shape[0] == 2
+    assert model.pair_features(pixels, **tokens).shape[0] == 2
+
+
+def test_flava_text_positions_come_from_its_config(registry):
+    """flava-full's text encoder has 512 positions (FlavaTextConfig's default); the wrapper reads the config."""
+    from transformers import FlavaTextConfig
+
+    assert FlavaTextConfig().max_position_embeddings == 512
+    cfg = registry.model("flava-tiny", parse_overrides(["model.arch.text.max_position_embeddings=512"])["model"])
+    assert build_model(cfg).max_text_positions == 512

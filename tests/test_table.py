@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from mmbench.cli import main
+from mmbench.config import Registry
 from mmbench.errors import ConfigError, DataError
 from mmbench.results import store
-from mmbench.results.layout import LAYOUT_FILE, load_layout, load_reported
+from mmbench.results.layout import LAYOUT_FILE, default_reported_dir, load_layout, load_reported
 from mmbench.results.schema import TaskResult
 from mmbench.results.table import NA, check, domain_averages, render, write
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTED = REPO / "results" / "reported"
 LAYOUT = load_layout(REPORTED / LAYOUT_FILE)
+# The split each task scores, as its YAML says and as a real result records it in config.task.data.split.
+OUR_SPLITS = {t: Registry().task(t).data.split for t in LAYOUT.tasks}
 
 # TASKS.md §1/§2: NLP / Vision / Multimodal / Macro as printed in the paper's Table 4.
 PAPER_AVERAGES = {
@@ -133,6 +137,7 @@ def test_domain_averages_count_na_as_zero_and_give_none_for_a_missing_row():
 def _result(model: str, task: str, value: float | None, **kw) -> TaskResult:
     """A result for `task` with every layout score key set to `value` (None: status n/a)."""
     other_keys = kw.pop("keys", ["accuracy"])  # for a task outside the layout
+    split = kw.pop("split", OUR_SPLITS.get(task, "test"))
     keys = [r.score for r in LAYOUT.rows if r.task == task] or other_keys
     scores = {} if value is None else {k: value for k in keys}
     domain = next((r.domain for r in LAYOUT.rows if r.task == task), kw.pop("domain", "multimodal"))
@@ -148,7 +153,7 @@ def _result(model: str, task: str, value: float | None, **kw) -> TaskResult:
         n_samples=10,
         data_source=kw.pop("data_source", "real"),
         limit=kw.pop("limit", None),
-        config={},
+        config={"task": {"data": {"split": split}}},
         config_hash="0" * 16,
         provenance={"wall_seconds": 12.3},
         reason=f"{model} cannot do {task}" if value is None else None,
@@ -302,8 +307,9 @@ def test_csv_holds_the_same_cells_as_the_markdown(results_dir):
             assert value == "" and note == ""
         elif cell.startswith("n/a ["):
             assert value == "n/a" and note
-        else:
-            assert float(value) == float(cell) and note == ""
+        else:  # a number, with a note where its split differs from the paper's
+            number, _, marker = cell.partition(" [")
+            assert float(value) == float(number) and bool(note) == bool(marker)
     assert {r["part"] for r in parsed} == {"table4", "other", "average"}
 
 
@@ -316,3 +322,108 @@ def test_committed_leaderboard_is_a_fresh_render(tmp_path):
         if (REPO / "results" / sub).is_dir():
             shutil.copytree(REPO / "results" / sub, results / sub)
     assert check(render(results, REPORTED), REPO / "results" / "LEADERBOARD.md") == []
+
+
+# --- splits: a measured number beside a paper number from another split ---------------------------------------
+
+
+def test_a_measured_number_from_another_split_than_the_papers_carries_a_note_naming_both(results_dir):
+    board = render(results_dir, REPORTED)
+    main_section = _sections(board.markdown)[MAIN]
+    _, rows = _table(main_section)
+    notes = dict(ln[3:].split("] ", 1) for ln in main_section.splitlines() if ln.startswith("- ["))
+    papers = ", ".join(PAPER_COLUMNS)
+    # flava's VQAv2 was scored on val2014 (vqav2.yaml), the paper's on test-dev2015 (the evaluation server)
+    vqa = rows["VQAv2"]["flava"]
+    assert vqa.startswith("65.00 [")
+    assert notes[vqa.split("[")[1].rstrip("]")] == f"vqav2: measured on val2014; {papers}: test-dev2015"
+    # the paper does not say which Hateful Memes split it scored: said, for both measured columns
+    for model in ("clip", "flava"):
+        memes = rows["Hateful Memes"][model]
+        assert (
+            notes[memes.split("[")[1].rstrip("]")] == f"hateful_memes: measured on dev_seen; {papers}: split not stated"
+        )
+    # the same split as the paper's: no note; the paper's own cells and averages never carry one
+    assert rows["SST-2"]["flava"] == "80.00" and rows["Flickr30K TR@1"]["clip"] == "40.00"
+    assert rows["VQAv2"]["FLAVA (paper)"] == "72.49" and rows["Multimodal Avg"]["flava"] == "—"
+    # the CSV carries the same note in the cell's note field
+    parsed = list(csv.DictReader(io.StringIO(board.csv)))
+    cell = next(r for r in parsed if r["table"] == "reference" and r["row"] == "VQAv2" and r["column"] == "flava")
+    assert cell["value"] == "65.00" and cell["note"] == f"vqav2: measured on val2014; {papers}: test-dev2015"
+    # not-comparable columns are not compared with the paper, so they get no split notes
+    assert "measured on" not in _sections(board.markdown)[OTHER]
+
+
+def test_a_measured_number_on_the_papers_split_gets_no_note(tmp_path):
+    store.write(tmp_path, _result("flava", "vqav2", 70.0, split="test-dev2015"))
+    store.write(tmp_path, _result("clip", "vqav2", 60.0))
+    _, rows = _table(_sections(render(tmp_path, REPORTED).markdown)[MAIN])
+    assert rows["VQAv2"]["flava"] == "70.00" and rows["VQAv2"]["clip"].startswith("60.00 [")
+
+
+def test_reported_splits_must_name_every_task_and_only_layout_tasks(tmp_path):
+    shutil.copytree(REPORTED, tmp_path / "rep")
+    path = tmp_path / "rep" / "flava.json"
+    data = json.loads(path.read_text())
+    del data["splits"]["rte"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"flava\.json: missing key 'splits\.rte' \(null if the source does not say\)"):
+        render(tmp_path / "no-results", tmp_path / "rep")
+    data["splits"] |= {"rte": "validation", "winoground": "test"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"flava\.json: key 'splits\.winoground': task is not a row of table4\.yaml"):
+        render(tmp_path / "no-results", tmp_path / "rep")
+
+
+# --- the CLI: any results folder, --reported adds columns, --check fails on a stale file ---------------------------
+
+
+def test_table_renders_a_results_folder_that_holds_no_copy_of_the_papers_numbers(tmp_path, capsys):
+    results = tmp_path / "fresh"
+    store.write(results, _result("clip", "sst2", 91.0))
+    assert not (results / "reported").exists()
+    assert main(["table", "--results", str(results)]) == 0
+    _, rows = _table(_sections((results / "LEADERBOARD.md").read_text())[MAIN])
+    assert rows["SST-2"] == {"clip": "91.00", **dict(zip(PAPER_COLUMNS, ["90.94", "88.19", "83.49"]))}
+    assert default_reported_dir() == REPORTED  # in a checkout; test_wheel checks the installed package's
+
+
+def test_table_reported_adds_a_column_and_replaces_a_shipped_file_of_the_same_name(tmp_path):
+    store.write(tmp_path / "res", _result("clip", "sst2", 91.0))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    flava = json.loads((REPORTED / "flava.json").read_text())
+    (extra / "flava-retyped.json").write_text(json.dumps({**flava, "name": "FLAVA (re-typed)"}))
+    (extra / "clip-pmd.json").write_text(json.dumps({**flava, "name": "replaces CLIP-PMD"}))
+    columns, rows = _table(_sections(render(tmp_path / "res", extra).markdown)[MAIN])
+    assert columns == ["clip", "FLAVA (paper)", "CLIP ViT-B/16 400M (paper)", "replaces CLIP-PMD", "FLAVA (re-typed)"]
+    assert rows["SST-2"]["FLAVA (re-typed)"] == rows["SST-2"]["replaces CLIP-PMD"] == "90.94"
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_table_on_a_folder_without_results_is_an_error_naming_it(tmp_path, capsys, kind):
+    folder = tmp_path / "nothing-here"
+    if kind == "empty":
+        (folder / "runs").mkdir(parents=True)
+    assert main(["table", "--results", str(folder)]) == 3  # a data problem (the results folder): exit 3
+    err = capsys.readouterr().err
+    assert f"--results {folder}: " in err and ("no such folder" if kind == "missing" else "no results in it") in err
+    assert not (folder / "LEADERBOARD.md").exists()
+
+
+def test_table_check_fails_naming_the_line_when_the_committed_file_differs(results_dir, tmp_path, capsys):
+    out = tmp_path / "board" / "LEADERBOARD.md"
+    args = ["table", "--results", str(results_dir), "--out", str(out)]
+    assert main(args) == 0
+    assert main([*args, "--check"]) == 0
+    assert f"{out} is up to date" in capsys.readouterr().out
+    lines = out.read_text().splitlines()
+    n = next(i for i, ln in enumerate(lines) if ln.startswith("| CIFAR10 |"))
+    edited = lines[n].replace("| 50.00 |", "| 50.01 |", 1)
+    assert edited != lines[n]
+    out.write_text("\n".join(lines[:n] + [edited] + lines[n + 1 :]) + "\n")
+    assert main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out} is out of date" in err
+    assert f"{out}:{n + 1}: committed {edited!r}, fresh render {lines[n]!r}" in err
+    assert out.read_text().splitlines()[n] == edited  # --check never rewrites the file

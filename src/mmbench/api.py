@@ -3,13 +3,15 @@
     >>> import mmbench
     >>> results = mmbench.evaluate("clip-tiny", ["flickr30k"], data="synthetic", limit=32)
 
-For every (model, task): resolve and validate configs, skip when a complete result with the same config hash
-exists, find (or generate) the data, run the task's protocol under Lightning, and write the versioned result JSON
-atomically. A capability the model lacks becomes an `n/a` result with its reason.
+For every (model, task): resolve and validate configs, find (or generate) the data, skip when a valid result with the
+same config hash and the same data fingerprint exists, check that the result can be written, run the task's
+protocol under Lightning, and write the versioned result JSON atomically. A capability the model lacks becomes an
+`n/a` result with its reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -76,10 +78,7 @@ def evaluate(
     models = [model] if isinstance(model, str) else list(model)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     groups = [groups] if isinstance(groups, str) else list(groups)
-    if data not in DATA_MODES:
-        raise ConfigError(f"--data {data!r}: expected one of {', '.join(DATA_MODES)}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit {limit}: expected a positive number of samples")
+    _check_options(data, limit, batch_size, devices, num_workers)
     registry = registry or Registry()
     ov = parse_overrides(list(overrides))
     task_names = registry.expand(tasks, groups)
@@ -88,6 +87,7 @@ def evaluate(
     model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
+    _check_synthetic_options(task_cfgs, data)
     # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
     with paths.cache_override(cache_dir):
         cache = paths.cache_dir()
@@ -100,13 +100,16 @@ def evaluate(
                 step = m_i * len(task_cfgs) + t_i + 1
                 run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
                 chash = config_hash(mcfg, tcfg, run_info)
-                existing = None if redo or fresh else store.find_complete(output, mcfg.name, tcfg.name, chash)
+                root, source = _data_root(tcfg, data, data_root, cache)
+                data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
+                existing = None if redo or fresh else _up_to_date(output, mcfg.name, tcfg, chash, data_fp)
                 if existing is not None:
                     log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
                     results.append(existing)
                     continue
                 log.info("[%d/%d] %s x %s", step, total, mcfg.name, tcfg.name)
-                root, source = _data_root(tcfg, data, data_root, cache)
+                # A read-only or misplaced --output must not cost the work: look before it, naming the result.
+                paths.check_writable(store.result_path(output, mcfg.name, tcfg.name), "result")
                 ctx = RunContext(
                     model_cfg=mcfg,
                     data_root=root,
@@ -121,10 +124,10 @@ def evaluate(
                     seed=seed,
                     cache_dir=cache,
                     artifact_dir=store.artifact_dir(output, mcfg.name),
-                    run_key=chash,
+                    run_key=_run_key(chash, data_fp),
                     fresh=fresh,
                 )
-                result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, built)
+                result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, data_fp, built)
                 if is_zero:
                     store.write(output, result)
                 results.append(result)
@@ -133,8 +136,120 @@ def evaluate(
         return results
 
 
+def _check_options(data: str, limit: int | None, batch_size: int | None, devices: int, num_workers: int | None) -> None:
+    if data not in DATA_MODES:
+        raise ConfigError(f"--data {data!r}: expected one of {', '.join(DATA_MODES)}")
+    for flag, value in (("--limit", limit), ("--batch-size", batch_size), ("--devices", devices)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: expected a positive number")
+    if num_workers is not None and num_workers < 0:
+        raise ConfigError(f"--num-workers {num_workers}: expected 0 or more")
+
+
+def _check_synthetic_options(tasks: list[TaskConfig], data: str) -> None:
+    """A typo in a synthetic writer's options fails before any task runs, not when its task's turn comes."""
+    if data == "synthetic":
+        from mmbench.data import synthetic
+
+        for tcfg in tasks:
+            synthetic.check_options(tcfg)
+
+
+def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp: str | None) -> TaskResult | None:
+    """The stored result if it still stands: valid, same config hash, and (unless n/a, which no data can change)
+    made on the same data. Repaired or replaced data must be evaluated again, not reported from before."""
+    existing = store.find_complete(output, model, task.name, chash)
+    if existing is None or existing.status == "n/a":
+        return existing
+    if data_fp is None or existing.data_fingerprint != data_fp:
+        path = store.result_path(output, model, task.name)
+        log.info("%s was computed on other data than %s now holds: running again", path, task.name)
+        return None
+    return existing
+
+
+def _splits_read(task: TaskConfig, synthetic: bool) -> list[str]:
+    """Every split the task's protocol reads: what its result depends on."""
+    if task.protocol == "linear_probe":
+        from mmbench.protocols.linear_probe import VAL_SPELLINGS
+
+        lp = task.linear_probe
+        # The probe validates on whichever spelling of its split the data hold (absent ones are skipped below).
+        vals = [lp.val_split, *VAL_SPELLINGS] if lp.val_split in VAL_SPELLINGS else [lp.val_split]
+        return list(dict.fromkeys([lp.train_split, *(v for v in vals if v), task.data.split]))
+    if task.protocol == "finetune":
+        from mmbench.protocols.finetune import effective_params
+
+        ft = effective_params(task, synthetic)
+        evals = [ft.train_split, ft.val_split or task.data.split, task.data.split, *ft.eval_splits.values()]
+        return list(dict.fromkeys([*evals, *ft.predict_splits]))
+    return [task.data.split]
+
+
+def _data_fingerprint(task: TaskConfig, root: Path, synthetic: bool = False) -> str | None:
+    """A cheap identity of the data a task reads under `root`: its reader's `fingerprint(split)` (file names,
+    sizes, modification times; no content is read) for every split the task reads; for a reader without one, the
+    same over every file under `root`. None when the data cannot be opened (the protocol reports what is wrong)."""
+    from mmbench.data import reader_class
+
+    try:
+        for fmt in [task.data.format, *task.data.alt_formats]:
+            cls = reader_class(fmt)
+            if cls.detect(root, task):
+                break
+        else:
+            return None
+        parts = _split_fingerprints(cls(root, task), _splits_read(task, synthetic))
+        if parts is None:  # a reader without its own fingerprint (yet)
+            parts = [f"{fmt}/files={_tree_fingerprint(root)}"]
+    except (DataError, OSError):
+        return None
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _split_fingerprints(reader: Any, splits: list[str]) -> list[str] | None:
+    fingerprint = getattr(reader, "fingerprint", None)
+    if fingerprint is None:
+        return None
+    try:
+        return [f"{reader.format}/{split}={fingerprint(split)}" for split in splits if _has_split(reader, split)]
+    except NotImplementedError:
+        return None
+
+
+def _has_split(reader: Any, split: str) -> bool:
+    """False only when the reader knows the split is absent (e.g. a validation split the published files lack, for
+    which the probe holds out part of train): absence is part of the fingerprint by omission."""
+    try:
+        return reader.has_split(split)
+    except NotImplementedError:
+        return True
+
+
+def _tree_fingerprint(root: Path) -> str:
+    """(relative path, size, mtime) of every file under `root`, as the readers' fingerprints do per split."""
+    from mmbench.data.classification import files_fingerprint
+
+    files = sorted(Path(d) / f for d, _, names in os.walk(root) for f in names)
+    return files_fingerprint(files, Path(root))
+
+
+def _run_key(chash: str, data_fp: str | None) -> str:
+    """Names resumable state (fine-tuning run folders): the config and the data, so that training on repaired
+    data starts afresh instead of resuming, or re-evaluating, weights trained on the old data."""
+    if data_fp is None:
+        return chash
+    return "sha256:" + hashlib.sha256(f"{chash}/{data_fp}".encode()).hexdigest()[:16]
+
+
 def _run_one(
-    mcfg: ModelConfig, tcfg: TaskConfig, ctx: RunContext, run_info: dict, chash: str, built: _ModelCache
+    mcfg: ModelConfig,
+    tcfg: TaskConfig,
+    ctx: RunContext,
+    run_info: dict,
+    chash: str,
+    data_fp: str | None,
+    built: _ModelCache,
 ) -> tuple[TaskResult, bool]:
     import lightning as L
     import torch
@@ -154,6 +269,7 @@ def _run_one(
         config={"model": to_dict(mcfg), "task": resolved_task_dict(tcfg), "run": run_info},
         config_hash=chash,
         random_init=mcfg.random_init,
+        data_fingerprint=data_fp,
     )
     try:
         out = get_protocol(tcfg.protocol)(tcfg, ctx)
@@ -252,7 +368,9 @@ def _git_commit() -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # --no-optional-locks: `git status` would otherwise take .git/index.lock to refresh the index, and a
+            # run killed at that moment (kill -9, a timeout) leaves the lock behind and the user's repository stuck.
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
             cwd=here,
             capture_output=True,
             text=True,

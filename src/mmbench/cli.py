@@ -10,15 +10,38 @@ from pathlib import Path
 from typing import Any
 
 from mmbench import __version__
-from mmbench.errors import MMBenchError, user_message
+from mmbench.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_CODES,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    MMBenchError,
+    exit_code,
+    user_message,
+)
+
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
+    return f"exit status:\n{codes}"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmbench", description="Benchmark vision-and-language models on FLAVA's 35 tasks")
+    p = argparse.ArgumentParser(
+        prog="mmbench",
+        description="Benchmark vision-and-language models on FLAVA's 35 tasks",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"mmbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="evaluate models on tasks and write result JSONs")
+    run = sub.add_parser(
+        "run",
+        help="evaluate models on tasks and write result JSONs",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--model", action="append", required=True, help="model preset (repeatable)")
     run.add_argument("--task", action="append", default=[], help="task name (repeatable)")
     run.add_argument("--group", action="append", default=[], help="task group, e.g. retrieval (repeatable)")
@@ -62,11 +85,28 @@ def _parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="render the leaderboard (markdown + CSV)")
     table.add_argument("--results", default="results", help="results folder (default results/)")
-    table.add_argument("--reported", help="paper numbers (default <results>/reported)")
+    table.add_argument(
+        "--reported",
+        help="a folder of further reported columns (<name>.json) beside the paper's numbers that ship with mmbench; "
+        "a file named like a shipped one replaces it, a table4.yaml there replaces the layout",
+    )
     table.add_argument("--out", help="markdown file to write (default <results>/LEADERBOARD.md; CSV beside it)")
     table.add_argument("--check", action="store_true", help="exit 1 if the committed file differs from a fresh render")
     table.add_argument("--print", dest="print_", action="store_true", help="also print the markdown")
     table.add_argument("--debug", action="store_true")
+
+    cmp = sub.add_parser(
+        "compare", help="per-score differences between two results folders; exit 1 beyond --tol or on a missing result"
+    )
+    cmp.add_argument("a", help="results folder A (holds runs/<model>/<task>.json, e.g. results/synthetic)")
+    cmp.add_argument("b", help="results folder B")
+    cmp.add_argument(
+        "--tol", type=float, default=0.0, help="largest |A - B| that passes, in score points (0-100; default 0: exact)"
+    )
+    cmp.add_argument(
+        "--subset", action="store_true", help="A re-runs part of B: results of B that A lacks pass (default: they fail)"
+    )
+    cmp.add_argument("--debug", action="store_true")
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -90,15 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
     logging.getLogger("mmbench").setLevel(logging.INFO)
     try:
-        return {"run": _run, "list": _list, "table": _table, "data": _data}[args.command](args)
+        commands = {"run": _run, "list": _list, "table": _table, "compare": _compare, "data": _data}
+        return commands[args.command](args)
     except MMBenchError as e:
         if args.debug:
             raise
         print(f"mmbench: error: {user_message(e)}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     except KeyboardInterrupt:
         print("mmbench: interrupted; results already written are kept", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:
         if args.debug:
             raise
@@ -106,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"mmbench: error: {user_message(e).splitlines()[0]}{where} [--debug shows the traceback]", file=sys.stderr
         )
-        return 1
+        return exit_code(e)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -114,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.task and not args.group:
         print("mmbench: error: give --task NAME or --group NAME (see `mmbench list tasks`)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     results = evaluate(
         args.model,
         args.task,
@@ -163,7 +204,7 @@ def _list(args: argparse.Namespace) -> int:
     reg = Registry()
     if args.what == "models":
         for name in sorted(reg.model_files):
-            cfg = reg.model(name)
+            cfg = reg.model(name, check=False)
             tag = " [random weights]" if cfg.random_init else ""
             print(f"{name:<16} {cfg.checkpoint or '-':<40} {cfg.description}{tag}")
     elif args.what == "tasks":
@@ -177,25 +218,42 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
+    from mmbench.errors import DataError
     from mmbench.results import table
 
     results = Path(args.results)
-    reported = Path(args.reported) if args.reported else results / "reported"
+    if not results.is_dir():
+        raise DataError(f"--results {results}: no such folder (`mmbench run` writes to results/ or --output DIR)")
+    if not any(results.glob("runs/*/*.json")) and not any(results.glob("synthetic/runs/*/*.json")):
+        raise DataError(f"--results {results}: no results in it (expected runs/<model>/<task>.json there)")
     out = Path(args.out) if args.out else results / "LEADERBOARD.md"
-    board = table.render(results, reported)
+    board = table.render(results, Path(args.reported) if args.reported else None)
     if args.check:
         diffs = table.check(board, out)
         if diffs:
             print(f"mmbench: {out} is out of date; run `mmbench table` and commit it:", file=sys.stderr)
             for d in diffs:
                 print(f"  {d}", file=sys.stderr)
-            return 1
+            return EXIT_CHECK_FAILED
         print(f"{out} is up to date")
         return 0
     table.write(board, out)
     if args.print_:
         print(board.markdown)
     print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mmbench.results.compare import compare
+
+    result = compare(args.a, args.b, tol=args.tol, subset=args.subset)
+    print(result.table())
+    if not result.ok:
+        names = [f"{r.model}/{r.task}{'/' + r.score if r.score else ''} ({r.status})" for r in result.failures]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        print(f"mmbench: compare: {len(names)} failing: {', '.join(names[:5])}{more}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -207,7 +265,7 @@ def _data(args: argparse.Namespace) -> int:
     accepted = [task.data.format, *task.data.alt_formats]
     if args.format and args.format not in accepted:
         print(f"mmbench: error: task {task.name!r} reads {', '.join(accepted)}, not {args.format!r}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     out = synthetic.write(task, Path(args.out), fmt=args.format, n=args.n, seed=args.seed, real_shape=args.real_shape)
     shape = ", real shape" if args.real_shape else ""
     print(f"wrote synthetic {task.name} ({args.format or task.data.format}{shape}) to {out}")

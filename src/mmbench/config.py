@@ -3,35 +3,81 @@
 Registries are data discovered by glob. A model's name is its file stem; a task's name is its file stem and its
 domain is its folder. Files whose name starts with `_` are bases for `include:` and not entries themselves.
 Every error names the file and the key.
+
+Where the registries are found (`default_registry_roots`): the folders of `$MMBENCH_REGISTRY`, then the built-in
+registry, which an installed wheel carries as package data (`mmbench/registry/`, built from the checkout's top-level
+folders by setup.py) and a source checkout holds at its top level.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from mmbench.errors import ConfigError, UnknownNameError
-from mmbench.schema import DOMAINS, PROTOCOLS, ModelConfig, TaskConfig
+from mmbench.schema import DOMAINS, PROTOCOLS, FinetuneParams, ModelConfig, TaskConfig, out_of_range
 
 _HASH_EXCLUDED_MODEL_KEYS = ("description",)
 _HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
+MODEL_FINETUNE_KEYS = ("frozen",)  # the keys of a preset's free-form `finetune` block (see models.base)
+
+
+@dataclass(frozen=True)
+class BuiltinRegistry:
+    """The registry that comes with mmbench: presets and tasks under `root` (`models/`, `tasks/`) and the
+    leaderboard's Table-4 layout and the paper's numbers in `reported`."""
+
+    root: Path
+    reported: Path
+    packaged: bool  # True: shipped inside the installed package; False: the source checkout's folders
+
+
+def builtin_registry() -> BuiltinRegistry | None:
+    """Where the built-in registry lives: inside the installed package (`mmbench/registry/`, copied there from the
+    checkout's top-level `models/`, `tasks/` and `results/reported/` when a wheel is built, see setup.py), or, when
+    running from a source checkout (editable install or PYTHONPATH=src), the checkout's own folders. None: neither."""
+    packaged = resources.files("mmbench") / "registry"
+    # pip installs a wheel as files on disk; a registry inside a zip archive is not supported (globs need folders).
+    if isinstance(packaged, Path) and (packaged / "models").is_dir() and (packaged / "tasks").is_dir():
+        return BuiltinRegistry(packaged, packaged / "reported", packaged=True)
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "models").is_dir() and (checkout / "tasks").is_dir():
+        return BuiltinRegistry(checkout, checkout / "results" / "reported", packaged=False)
+    return None
 
 
 def default_registry_roots() -> list[Path]:
-    """`$MMBENCH_REGISTRY` (os.pathsep-separated) first, then the checkout that holds this package."""
-    roots = [Path(p) for p in os.environ.get("MMBENCH_REGISTRY", "").split(os.pathsep) if p]
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "models").is_dir() and (checkout / "tasks").is_dir():
-        roots.append(checkout)
+    """The folders of `$MMBENCH_REGISTRY` (os.pathsep-separated; each holds `models/` and/or `tasks/`), then the
+    built-in registry. Earlier roots shadow later ones, so a user's `clip.yaml` replaces the shipped preset."""
+    roots: list[Path] = []
+    for entry in os.environ.get("MMBENCH_REGISTRY", "").split(os.pathsep):
+        if not entry:
+            continue
+        root = Path(entry).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"MMBENCH_REGISTRY: {root} is not a folder")
+        if not (root / "models").is_dir() and not (root / "tasks").is_dir():
+            raise ConfigError(
+                f"MMBENCH_REGISTRY: {root} holds neither models/ nor tasks/ (expected models/*.yaml, "
+                "tasks/<domain>/*.yaml)"
+            )
+        roots.append(root)
+    builtin = builtin_registry()
+    if builtin is not None:
+        roots.append(builtin.root)
     return roots
 
 
@@ -72,18 +118,48 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _validate(schema: type, data: dict[str, Any], where: str) -> Any:
-    """Merge `data` into the structured config `schema`; any unknown or ill-typed key names `where` and the key."""
+def _validate(schema: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """Merge `data` into the structured config `schema`; any unknown, ill-typed or out-of-range key names `where`
+    and the full key, `prefix` + its path in `schema` (unknown keys with their close matches)."""
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(schema), data)
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             raise ConfigError(f"{where}: missing required key {missing[0]!r}")
-        return OmegaConf.to_object(cfg)
+        obj = OmegaConf.to_object(cfg)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{where}: {_unknown_key(prefix + key, _schema_fields(schema, key))}") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         reason = str(e).splitlines()[0]
-        raise ConfigError(f"{where}: key {key!r}: {reason}") from None
+        raise ConfigError(f"{where}: key {prefix + key!r}: {reason}") from None
+    bad = out_of_range(obj)
+    if bad:
+        raise ConfigError(f"{where}: key {prefix + bad[0]!r}: {bad[1]}")
+    if isinstance(obj, ModelConfig):
+        _check_free_keys(obj.finetune, "finetune", list(MODEL_FINETUNE_KEYS), where)
+    elif isinstance(obj, TaskConfig):
+        _check_task_blocks(obj, where)
+    return obj
+
+
+def _schema_fields(schema: type, full_key: str) -> list[str]:
+    """The field names of the (nested) dataclass that holds `full_key`, e.g. RetrievalParams' for
+    'retrieval.chunk_sz'; [] when the path leaves the typed part."""
+    cls: Any = schema
+    for part in full_key.split(".")[:-1]:
+        cls = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _unknown_key(full_key: str, known: list[str]) -> str:
+    """ "key 'a.b_typo': unknown; did you mean 'a.b'?" (close matches by difflib, with their full key)."""
+    parent, _, leaf = full_key.rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=3, cutoff=0.6)
+    full = [f"{parent}.{c}" if parent else c for c in close]
+    hint = f"; did you mean {', '.join(repr(c) for c in full)}?" if close else f" (known: {', '.join(known)})"
+    return f"key {full_key!r}: unknown{hint}"
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -143,7 +219,9 @@ class Registry:
                     found.setdefault(path.stem, path)  # earlier roots shadow later ones
         return found
 
-    def model(self, name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    def model(self, name: str, overrides: dict[str, Any] | None = None, *, check: bool = True) -> ModelConfig:
+        """The validated preset. `check=False` skips the wrapper's own checks of `arch` (they import torch and the
+        model library: seconds), for listings of the committed presets, which tests check in full."""
         path = self.model_files.get(name)
         if path is None:
             raise UnknownNameError("model", name, self.model_files)
@@ -152,6 +230,14 @@ class Registry:
         cfg = _validate(ModelConfig, data, str(path))
         if overrides:
             cfg = _validate(ModelConfig, _deep_merge(to_dict(cfg), overrides), f"{path} (with --set overrides)")
+        if not check:
+            return cfg
+        from mmbench.models import wrapper_class  # the wrapper checks what the schema cannot (keys inside `arch`)
+
+        try:
+            wrapper_class(cfg).check_config(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{path}{' (with --set overrides)' if overrides else ''}: {e}") from None
         return cfg
 
     def task(self, name: str, overrides: dict[str, Any] | None = None) -> TaskConfig:
@@ -181,6 +267,28 @@ class Registry:
             if n not in self.task_files:
                 raise UnknownNameError("task", n, self.task_files)
         return list(dict.fromkeys(names))
+
+
+def _check_free_keys(block: dict[str, Any], prefix: str, known: list[str], where: str) -> None:
+    """A free-form mapping (its keys are not fields) whose keys must still be among `known`."""
+    for key in block:
+        if key not in known:
+            raise ConfigError(f"{where}: {_unknown_key(f'{prefix}.{key}', known)}")
+
+
+def _check_task_blocks(cfg: TaskConfig, where: str) -> None:
+    """The free-form blocks whose keys mmbench knows: reader options per format, synthetic sub-blocks per format
+    and the synthetic fine-tuning recipe (a FinetuneParams override). The options inside a reader's block are the
+    reader's to check, a writer's the writer's (`synthetic.check_options`); score labels may outlive an override
+    of `metrics`, so they are not checked."""
+    formats = [cfg.data.format, *cfg.data.alt_formats]
+    _check_free_keys(cfg.data.options, "data.options", formats, where)
+    for key, value in cfg.data.synthetic.items():
+        if isinstance(value, dict):
+            _check_free_keys({key: value}, "data.synthetic", [*formats, "finetune"], where)
+    recipe = cfg.data.synthetic.get("finetune")
+    if isinstance(recipe, dict):
+        _validate(FinetuneParams, _deep_merge(to_dict(cfg.finetune), recipe), where, "data.synthetic.finetune.")
 
 
 def _check_task(cfg: TaskConfig, where: str) -> None:

@@ -2,10 +2,15 @@
 
 A model preset (`models/<name>.yaml`) validates into `ModelConfig`, a task (`tasks/<domain>/<name>.yaml`) into
 `TaskConfig`. Protocol settings live in one typed block per protocol; a task fills the block of its `protocol`.
+A field with an allowed range or set of values says so in its metadata (`at_least`, `between`, `one_of`);
+`out_of_range` checks a whole config against them, so `chunk_size=0` is an error naming the key, not a
+"range() arg 3 must not be zero" from deep inside a protocol.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,17 +21,96 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 DOMAINS = ("language", "vision", "multimodal")
 PROTOCOLS = ("retrieval", "linear_probe", "finetune")
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")  # torchvision's
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers: `low` <= x (or < x when `low_open`), likewise `high`; applies to each item of a list."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, x: Any) -> bool:
+        if isinstance(x, bool) or not isinstance(x, int | float) or math.isnan(x):
+            return False
+        low_ok = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        return low_ok and (self.high is None or (x < self.high if self.high_open else x <= self.high))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def _meta_field(default: Any, meta: dict[str, Any]) -> Any:
+    if callable(default):  # a factory for a list default
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def at_least(default: Any, low: float, *, strictly: bool = False) -> Any:
+    return _meta_field(default, {"range": Range(low, None, low_open=strictly)})
+
+
+def between(default: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:
+    return _meta_field(default, {"range": Range(low, high, low_open, high_open)})
+
+
+def one_of(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def out_of_range(cfg: Any, prefix: str = "") -> tuple[str, str] | None:
+    """(dotted key, what is allowed) of the first value of `cfg` (a config dataclass, nested ones included) that
+    its field's range or choices do not admit; None when every value is allowed. None values are never checked
+    (they mean "use the default")."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            found = out_of_range(value, f"{key}.")
+            if found:
+                return found
+        rng, choices = f.metadata.get("range"), f.metadata.get("choices")
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            where = key if i is None else f"{key}[{i}]"
+            if rng is not None and item is not None and not rng.admits(item):
+                return where, f"{item!r} is out of range (allowed: {rng})"
+            if choices is not None and item not in choices:
+                return where, f"{item!r} is not one of {', '.join(choices)}"
+    check = getattr(cfg, "cross_check", None)
+    found = check() if check else None
+    return (f"{prefix}{found[0]}", found[1]) if found else None
 
 
 @dataclass
 class PreprocessConfig:
-    """The checkpoint's own eval preprocessing: resize the shorter side, centre-crop, normalise."""
+    """The checkpoint's own eval preprocessing: resize, centre-crop to `image_size`, normalise.
 
-    image_size: int = 224
-    resize: int = 224
-    interpolation: str = "bicubic"
+    A checkpoint that carries a `preprocessor_config.json` (HF image processor) replaces this block with what that
+    file says (see `mmbench.models.preprocess`); the preset states the same values, so that runs without the file
+    (offline, random-init twins) preprocess alike.
+    """
+
+    image_size: int = at_least(224, 1)  # side of the square the model sees (the centre crop)
+    resize: int = at_least(224, 1)  # shortest_edge: length of the short side; square: side of the square
+    # shortest_edge: aspect kept, long side int(resize * long / short) (CLIP, open_clip); square: resize x resize,
+    # aspect ignored (FLAVA's FlavaImageProcessor, BEiT-3)
+    resize_mode: str = one_of("shortest_edge", "shortest_edge", "square")
+    interpolation: str = one_of("bicubic", *INTERPOLATIONS)
+    # where the crop starts when the margin is odd: round (torchvision CenterCrop, half to even) | floor (HF image
+    # processors). One pixel, but a different image.
+    crop_rounding: str = one_of("round", "round", "floor")
     mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
-    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    std: list[float] = at_least(lambda: list(CLIP_STD), 0, strictly=True)
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if len(self.mean) != len(self.std):
+            return "std", f"has {len(self.std)} values but mean has {len(self.mean)}"
+        return None
 
 
 @dataclass
@@ -40,10 +124,10 @@ class ModelConfig:
     random_init: bool = False  # tiny presets: same architecture, random weights, labelled as such in results
     init_seed: int = 0
     trust_remote_code: bool = False
-    max_text_length: int = 77  # image-text inputs (the contrastive length for CLIP and FLAVA)
+    max_text_length: int = at_least(77, 1)  # image-text inputs (the contrastive length for CLIP and FLAVA)
     # Text-only inputs (GLUE): FLAVA's own code uses 512 for text-only tasks and 77 for image-text ones.
     # None = max_text_length. Either is capped at the positions the built model has (`max_text_positions`).
-    text_only_max_length: int | None = None
+    text_only_max_length: int | None = at_least(None, 1)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     arch: dict[str, Any] = field(default_factory=dict)  # wrapper-specific; each wrapper validates its own
     finetune: dict[str, Any] = field(default_factory=dict)  # wrapper-specific fine-tuning defaults (what to freeze)
@@ -63,27 +147,35 @@ class DataConfig:
 
 @dataclass
 class RetrievalParams:
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    captions_per_image: int = 5  # keep the first N captions of each image (COCO has 6-7 for some)
-    chunk_size: int = 1024  # rows of the similarity matrix held at once
-    batch_size: int = 64
+    ks: list[int] = at_least(lambda: [1, 5, 10], 1)
+    captions_per_image: int = at_least(5, 1)  # keep the first N captions of each image (COCO has 6-7 for some)
+    chunk_size: int = at_least(1024, 1)  # rows of the similarity matrix held at once
+    batch_size: int = at_least(64, 1)
+
+    def cross_check(self) -> tuple[str, str] | None:
+        return ("ks", "is empty (expected at least one k)") if not self.ks else None
 
 
 @dataclass
 class LinearProbeParams:
     """CLIP appendix A.3: frozen image features, multinomial logistic regression (L-BFGS), L2 sweep on val."""
 
-    batch_size: int = 64  # feature extraction batch
+    batch_size: int = at_least(64, 1)  # feature extraction batch
     train_split: str = "train"
     val_split: str | None = None  # the official val split when the dataset has one
-    holdout_fraction: float = 0.1  # otherwise a seeded hold-out of train
+    holdout_fraction: float = between(0.1, 0, 1, low_open=True, high_open=True)  # otherwise a seeded hold-out
     holdout_seed: int = 0
-    max_iter: int = 1000
-    l2_min: float = 1e-6
-    l2_max: float = 1e6
-    steps_per_decade: int = 8  # the sweep refines down to this many steps per decade
-    tol: float = 1e-4  # L-BFGS stops at this max |gradient| of the per-sample objective (sklearn's default tol)
-    num_classes: int | None = None  # the real dataset's class count, checked against its classnames.txt
+    max_iter: int = at_least(1000, 1)
+    l2_min: float = at_least(1e-6, 0, strictly=True)
+    l2_max: float = at_least(1e6, 0, strictly=True)
+    steps_per_decade: int = at_least(8, 1)  # the sweep refines down to this many steps per decade
+    tol: float = at_least(1e-4, 0, strictly=True)  # L-BFGS stops at this max |gradient| (sklearn's default tol)
+    num_classes: int | None = at_least(None, 2)  # the real dataset's class count, checked against classnames.txt
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if self.l2_max < self.l2_min:
+            return "l2_max", f"{self.l2_max:g} is below l2_min {self.l2_min:g}"
+        return None
 
 
 @dataclass
@@ -92,47 +184,54 @@ class FinetuneParams:
 
     head: str = "classification"  # classification | regression (STS-B) | vqa (soft-score multi-label)
     input: str = "pair"  # text: text_features (GLUE) | pair: pair_features (image + text)
-    num_labels: int = 2  # for head=vqa the answer vocabulary decides
+    num_labels: int = at_least(2, 1)  # for head=vqa the answer vocabulary decides
     label_names: list[str] = field(default_factory=list)
-    head_hidden: int = 1536  # the paper's 2-layer MLP head; 0 = a single linear layer; -1 = the feature dim
-    head_dropout: float = 0.1
+    head_hidden: int = at_least(1536, -1)  # the paper's 2-layer MLP head; 0 = one linear layer; -1 = feature dim
+    head_dropout: float = between(0.1, 0, 1, high_open=True)
     # gelu: dropout -> Linear -> LayerNorm -> GELU -> Linear (the paper's multimodal MLP head);
     # tanh: dropout -> Linear -> tanh -> dropout -> Linear (fairseq's RoBERTa classification head, GLUE)
-    head_activation: str = "gelu"
-    model_dropout: float | None = None  # p of every nn.Dropout in the wrapper (fairseq GLUE: 0.1); None = as built
-    optimizer: str = "adamw"  # adamw | adam
-    lr: float = 1e-5
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    schedule: str = "cosine"  # cosine | polynomial (linear decay to 0 after warm-up)
-    warmup_steps: int = 0
-    max_steps: int = 1000  # optimizer updates
-    batch_size: int = 32  # effective batch per update, reached by gradient accumulation
-    device_batch_size: int | None = None  # per device and micro-step; None = batch_size
+    head_activation: str = one_of("gelu", "gelu", "tanh")
+    # p of every nn.Dropout in the wrapper (fairseq GLUE: 0.1); None = as built
+    model_dropout: float | None = between(None, 0, 1, high_open=True)
+    optimizer: str = one_of("adamw", "adamw", "adam")
+    lr: float = at_least(1e-5, 0, strictly=True)
+    betas: list[float] = between(lambda: [0.9, 0.999], 0, 1, high_open=True)
+    eps: float = at_least(1e-8, 0, strictly=True)
+    weight_decay: float = at_least(0.01, 0)
+    schedule: str = one_of("cosine", "cosine", "polynomial")  # polynomial: linear decay to 0 after warm-up
+    warmup_steps: int = at_least(0, 0)
+    max_steps: int = at_least(1000, 0)  # optimizer updates
+    batch_size: int = at_least(32, 1)  # effective batch per update, reached by gradient accumulation
+    device_batch_size: int | None = at_least(None, 1)  # per device and micro-step; None = batch_size
     # None = the model preset's: `text_only_max_length` for input: text, `max_text_length` for input: pair
-    max_text_length: int | None = None
-    image_size: int | None = None  # e.g. 480 for VQA; None = the preset's
+    max_text_length: int | None = at_least(None, 1)
+    image_size: int | None = at_least(None, 1)  # e.g. 480 for VQA; None = the preset's
     train_split: str = "train"
     # Which checkpoint is evaluated (`mmbench.lit.run_folder`):
     #   split: the best on `val_split` (GLUE: dev, which is also the scored split; the result says so);
     #   holdout: the best on a seeded hold-out of `train_split` (`holdout_fraction` of it, removed from training);
     #   final: the last one (fixed-schedule recipes); nothing is evaluated during training.
-    selection: str = "split"
+    selection: str = one_of("split", "split", "holdout", "final")
     val_split: str | None = None  # selection: split: the split that selects; None = data.split
-    holdout_fraction: float = 0.05
+    holdout_fraction: float = between(0.05, 0, 1, low_open=True, high_open=True)
     holdout_seed: int = 0
-    val_every_steps: int = 1000  # validation (and the resumable checkpoint) every this many updates, and at the end
+    # validation (and the resumable checkpoint) every this many updates, and at the end
+    val_every_steps: int = at_least(1000, 1)
     select_metric: str | None = None  # None = the task's primary metric
     # Validation values within this of the best so far are ties and the incumbent (earlier) checkpoint keeps its
     # place, so a pick does not flip on rounding: 1e-5 is above the float32 noise of correlations and ROC-AUC
     # (~1e-7) and below one sample of the largest dev set (QQP, 40,430: 2.5e-5), so a real difference counts.
-    select_tolerance: float = 1e-5
+    select_tolerance: float = at_least(1e-5, 0)
     # more evaluation splits, metric suffix -> split: MNLI {mismatched: validation_mismatched} -> accuracy_mismatched
     eval_splits: dict[str, str] = field(default_factory=dict)
     # Splits predicted but not scored (hidden labels), written as submission files: VQAv2 test-dev for the server.
     predict_splits: list[str] = field(default_factory=list)
-    grad_clip_norm: float = 0.0  # 0 = no clipping (neither recipe clips)
+    grad_clip_norm: float = at_least(0.0, 0)  # 0 = no clipping (neither recipe clips)
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if len(self.betas) != 2:
+            return "betas", f"{self.betas} is not two numbers"
+        return None
 
 
 @dataclass
@@ -142,7 +241,7 @@ class TaskConfig:
     protocol: str = MISSING
     display_name: str = ""
     description: str = ""
-    version: int = 1  # bump when the task definition changes what the numbers mean
+    version: int = at_least(1, 1)  # bump when the task definition changes what the numbers mean
     data: DataConfig = field(default_factory=DataConfig)
     metrics: list[str] = field(default_factory=list)  # every metric the protocol reports
     primary: str = MISSING

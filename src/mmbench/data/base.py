@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,14 +11,24 @@ from typing import Any, ClassVar
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mmbench.data.columns import Record
 from mmbench.errors import DataError
 from mmbench.schema import TaskConfig
 
-Record = dict[str, Any]
-
 
 class Reader:
-    """One on-disk format. `samples` yields plain records, each with a stable `index` (its position in the split)."""
+    """One on-disk format. Every reader offers, for each split:
+
+    - `check(split)`: before any work -- every file the split refers to exists (annotation files and each image
+      they name: one directory listing per image folder; WebDataset: each shard, ending in a complete tar) and
+      the annotations parse; else one `DataError` line naming the first missing file (and how many are missing)
+      or the bad record. A shard's member stream is checked in full when it is first read;
+    - `random_access(split, limit)`: the split as a sequence whose item i is record i, built and decoded on access
+      (what fine-tuning draws shuffled batches from); the reader keeps only a compact index per sample;
+    - `samples(split, limit, keep)`: the same records in index order (evaluation streams), equal item by item;
+    - `fingerprint(split)`: a cheap identity of the files the split reads, which changes when one of them is
+      touched, replaced, added or removed (results and caches are only reused for the same data).
+    """
 
     format: ClassVar[str]
 
@@ -38,29 +49,56 @@ class Reader:
     def check(self, split: str) -> None:
         """Raise `DataError` naming what is missing or inconsistent for `split`."""
 
-    def samples(
-        self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
-    ) -> Iterator[Record]:
-        """Records of `split` in a fixed order; only the first `limit`; only decode those whose index `keep`s."""
+    def has_split(self, split: str) -> bool:
+        """Does the dataset contain `split` at all? Cheap (one file-system lookup, nothing read), so a caller can
+        choose between splits (an official validation split, else a hold-out) before `check` validates the one it
+        uses; a split that is present but damaged is `check`'s error, never a silent fallback."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tell which splits it has")
+
+    def fingerprint(self, split: str) -> str:
+        """`sha256:<hex>` over the names, sizes and modification times of the files `split` reads."""
         raise NotImplementedError
 
     def random_access(self, split: str, limit: int | None = None) -> Sequence[Record] | None:
-        """Optional: a sequence whose item i is record i, decoded on access (what fine-tuning draws shuffled
-        batches from; `samples` order and indices). None: the caller materialises `samples(split)` in memory,
-        which suits text-only and small datasets but not, say, VQAv2's 443k image questions."""
+        """A sequence whose item i is record i of `split` (only the first `limit`), decoded on access; None when
+        the format cannot offer one (then it cannot be fine-tuned on)."""
         return None
+
+    def samples(
+        self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
+    ) -> Iterator[Record]:
+        """Records of `split` in index order; only the first `limit`; only those whose index `keep`s (the others
+        are not read)."""
+        records = self.random_access(split, limit)
+        if records is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither samples nor random_access")
+        for i in range(len(records)):
+            if keep is None or keep(i):
+                yield records[i]
 
 
 def decode_image(data: bytes | Path, where: str) -> Image.Image:
-    """Decode fully (lazy PIL decoding would defer a corrupt-file error into a worker); errors name `where`."""
+    """Decode fully (lazy PIL decoding would defer a corrupt-file error into a worker); errors name `where`.
+
+    An image over PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, 89M pixels: a warning in PIL up to
+    twice that, an error beyond) is an error here in both cases: decoded it would take hundreds of MB in every
+    loader worker, and no benchmark image comes close."""
     try:
-        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+            img.load()
         return img.convert("RGB") if img.mode != "RGB" else img
     except FileNotFoundError:
         raise DataError(f"{where}: image file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{where}: refused as a possible decompression bomb ({_first_line(e)})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{where}: cannot decode image ({str(e).splitlines()[0]})") from None
+        raise DataError(f"{where}: cannot decode image ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 class IndexedStream(IterableDataset):
@@ -86,6 +124,9 @@ class IndexedStream(IterableDataset):
         self.reader, self.split, self.transform = reader, split, transform
         self.block_size, self.limit = block_size, limit
         self.rank, self.world_size = 0, 1
+        # The split's compact index, built here (once, before the loader forks its workers); the records are
+        # built and decoded in the workers. A reader without random access is streamed (`samples` with `keep`).
+        self.records = reader.random_access(split, limit)
 
     def set_partition(self, rank: int, world_size: int) -> None:
         self.rank, self.world_size = rank, world_size
@@ -95,9 +136,12 @@ class IndexedStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         n_parts, part = self.world_size * workers, self.rank * workers + worker
         block = self.block_size
-
-        def keep(i: int) -> bool:
-            return (i // block) % n_parts == part
-
-        for rec in self.reader.samples(self.split, limit=self.limit, keep=keep):
-            yield self.transform(rec)
+        if self.records is None:
+            keep = lambda i: (i // block) % n_parts == part  # noqa: E731
+            for rec in self.reader.samples(self.split, limit=self.limit, keep=keep):
+                yield self.transform(rec)
+            return
+        n = len(self.records)
+        for start in range(part * block, n, n_parts * block):  # this part's blocks only: the others are not read
+            for i in range(start, min(start + block, n)):
+                yield self.transform(self.records[i])

@@ -18,14 +18,18 @@ labels (-1) become `label=None`. A missing column, an unreadable file or a label
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mmbench.data.base import Reader, Record
+from mmbench.data.columns import LazyRecords, stat_fingerprint
 from mmbench.errors import DataError
 from mmbench.schema import TaskConfig
 
@@ -46,6 +50,10 @@ def hub_offline() -> bool:
 
 class GlueReader(Reader):
     format = "glue"
+
+    def __init__(self, root: Path, task: TaskConfig) -> None:
+        super().__init__(root, task)
+        self._parts: dict[str, list[_Part]] = {}
 
     @property
     def config(self) -> str:
@@ -103,26 +111,40 @@ class GlueReader(Reader):
             )
         for path in files:
             self._check_columns(path, _schema_names(path))
+        self._index(split)  # every row's text and label
 
     def _check_columns(self, path: Path, names: list[str]) -> None:
         for col in [*self.columns, "label"]:
             if col not in names:
                 raise DataError(f"{path}: no column {col!r} (columns: {', '.join(names)})")
 
-    def samples(
-        self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
-    ) -> Iterator[Record]:
-        index = 0
-        for path in self.files(split):
-            for row, rec in enumerate(self._rows(path)):
-                if limit is not None and index >= limit:
-                    return
-                if keep is None or keep(index):
-                    rec["index"] = index
-                    yield self._validated(rec, path, row)
-                index += 1
+    def fingerprint(self, split: str) -> str:
+        """The split's parquet files (name, size, mtime)."""
+        return stat_fingerprint(self.root, [p.relative_to(self.root).as_posix() for p in self._files_or_error(split)])
 
-    def _rows(self, path: Path) -> Iterator[dict[str, Any]]:
+    def _files_or_error(self, split: str) -> list[Path]:
+        if not self.files(split):
+            self.check(split)
+        return self.files(split)
+
+    def random_access(self, split: str, limit: int | None = None) -> Sequence[Record]:
+        parts = self._index(split)
+        n = parts[-1].start + parts[-1].table.num_rows if parts else 0
+        return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
+
+    def _index(self, split: str) -> list[_Part]:
+        """The split's files as Arrow tables (text in Arrow buffers: the text itself plus a few bytes a row),
+        every row checked when loaded, so a bad row stops the run before its first step."""
+        if split not in self._parts:
+            parts, start = [], 0
+            for path in self._files_or_error(split):
+                table = self._read(path)
+                parts.append(_Part(path, table, start))
+                start += table.num_rows
+            self._parts[split] = parts
+        return self._parts[split]
+
+    def _read(self, path: Path) -> Any:
         import pyarrow.parquet as pq
 
         names = _schema_names(path)
@@ -132,24 +154,31 @@ class GlueReader(Reader):
             table = pq.read_table(path, columns=wanted)
         except Exception as e:  # pyarrow raises several types for a truncated or corrupt file
             raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
-        cols = {c: table.column(c).to_pylist() for c in wanted}
-        pair = self.columns[1] if len(self.columns) == 2 else None
-        for i in range(table.num_rows):
-            yield {
-                "key": cols["idx"][i] if "idx" in cols else i,
-                "text": cols[self.columns[0]][i],
-                "text_pair": cols[pair][i] if pair else None,
-                "image": None,
-                "label": cols["label"][i],
-            }
+        for col in self.columns:
+            if not _is_string(table.column(col).type) or table.column(col).null_count:
+                values = table.column(col).to_pylist()
+                row = next(i for i, v in enumerate(values) if not isinstance(v, str))
+                key = table.column("idx")[row].as_py() if "idx" in wanted else row
+                raise DataError(f"{path}: row {row} (idx {key}): column {col!r} holds {values[row]!r}, not a string")
+        for row, value in enumerate(table.column("label").to_pylist()):
+            key = table.column("idx")[row].as_py() if "idx" in wanted else row
+            self._label(value, f"{path}: row {row} (idx {key})")
+        return table
 
-    def _validated(self, rec: Record, path: Path, row: int) -> Record:
-        where = f"{path}: row {row} (idx {rec['key']})"
-        for key, col in zip(("text", "text_pair"), self.columns):
-            if not isinstance(rec[key], str):
-                raise DataError(f"{where}: column {col!r} holds {rec[key]!r}, not a string")
-        rec["label"] = self._label(rec["label"], where)
-        return rec
+    def _record(self, split: str, i: int) -> Record:
+        parts = self._parts[split]
+        part = parts[bisect.bisect_right([p.start for p in parts], i) - 1]
+        row, table = i - part.start, part.table
+        pair = self.columns[1] if len(self.columns) == 2 else None
+        where = f"{part.path}: row {row}"
+        return {
+            "index": i,
+            "key": table.column("idx")[row].as_py() if "idx" in table.column_names else row,
+            "text": table.column(self.columns[0])[row].as_py(),
+            "text_pair": table.column(pair)[row].as_py() if pair else None,
+            "image": None,
+            "label": self._label(table.column("label")[row].as_py(), where),
+        }
 
     def _label(self, value: Any, where: str) -> int | float | None:
         if value is None or value == UNLABELLED:
@@ -165,6 +194,19 @@ class GlueReader(Reader):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
             raise DataError(f"{where}: label {value!r} is not a class id in 0..{n - 1}")
         return int(value)
+
+
+@dataclass
+class _Part:
+    path: Path
+    table: Any  # pyarrow.Table: the text columns, label and idx
+    start: int  # index of its first row in the split
+
+
+def _is_string(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def _schema_names(path: Path) -> list[str]:

@@ -14,11 +14,16 @@ sorted by name; other files (`.DS_Store`, notes) are ignored. Sample i of a spli
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from mmbench.data.base import Reader, Record, decode_image
-from mmbench.data.classification import CLASSNAMES_FILE, file_digest, files_fingerprint, read_classnames
+from mmbench.data.classification import CLASSNAMES_FILE, file_digest, read_classnames
+from mmbench.data.columns import LazyRecords, StrColumn, stat_fingerprint
 from mmbench.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -36,7 +41,7 @@ class ImageFolderReader(Reader):
 
     def __init__(self, root: Path, task) -> None:
         super().__init__(root, task)
-        self._listing: dict[str, list[tuple[Path, int]]] = {}  # split -> [(file, label)], listed once
+        self._listing: dict[str, _Listing] = {}  # listed once per split
 
     @classmethod
     def detect(cls, root: Path, task) -> bool:
@@ -65,43 +70,63 @@ class ImageFolderReader(Reader):
             )
         return class_order(list(found))
 
-    def files(self, split: str) -> list[tuple[Path, int]]:
-        """Every (image file, label) of the split in sample order."""
+    def _index(self, split: str) -> _Listing:
+        """Every image of the split (path relative to the split folder) and its label, in sample order."""
         if split in self._listing:
             return self._listing[split]
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise DataError(f"{split_dir}: split folder missing (expected {self.expected()})")
         labels = {name: i for i, name in enumerate(self.classnames())}
-        folders = sorted(d for d in split_dir.iterdir() if d.is_dir())
-        unknown = [d.name for d in folders if d.name not in labels]
+        folders = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
+        unknown = [name for name in folders if name not in labels]
         if unknown:
             raise DataError(
                 f"{split_dir / unknown[0]}: class folder {unknown[0]!r} is not in {self.root / CLASSNAMES_FILE}"
             )
-        listing = []
-        for folder in sorted(folders, key=lambda d: labels[d.name]):
-            images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            listing.extend((p, labels[folder.name]) for p in images)
-        if not listing:
+        listing = _Listing()
+        for folder in sorted(folders, key=lambda name: labels[name]):
+            names = sorted(e.name for e in os.scandir(split_dir / folder) if _is_image_name(e.name) and e.is_file())
+            for name in names:
+                listing.key.append(f"{folder}/{name}")
+                listing.label.append(labels[folder])
+        if not len(listing.label):
             raise DataError(f"{split_dir}: no images in any class folder (expected {self.expected()})")
         self._listing[split] = listing
         return listing
 
+    def files(self, split: str) -> list[tuple[Path, int]]:
+        """Every (image file, label) of the split in sample order."""
+        listing, split_dir = self._index(split), self.root / split
+        return [(split_dir / key, label) for key, label in zip(listing.key, listing.label)]
+
     def check(self, split: str) -> None:
-        self.files(split)
+        self._index(split)  # the listing is the split: every file it names exists
+
+    def has_split(self, split: str) -> bool:
+        return (self.root / split).is_dir()
 
     def fingerprint(self, split: str) -> str:
         """Identity of the split for caches: every image's path, size and mtime, plus the class list."""
         extra = file_digest(self.root / CLASSNAMES_FILE) + "\n".join(self.classnames()).encode()
-        return files_fingerprint([p for p, _ in self.files(split)], self.root, extra)
+        return stat_fingerprint(self.root, [f"{split}/{key}" for key in self._index(split).key], extra)
 
-    def samples(
-        self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
-    ) -> Iterator[Record]:
-        listing = self.files(split)
-        for index, (path, label) in enumerate(listing[:limit] if limit is not None else listing):
-            if keep is not None and not keep(index):
-                continue
-            key = path.relative_to(self.root / split).as_posix()
-            yield {"index": index, "key": key, "image": decode_image(path, str(path)), "label": label}
+    def random_access(self, split: str, limit: int | None = None) -> Sequence[Record]:
+        n = len(self._index(split).label)
+        return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
+
+    def _record(self, split: str, i: int) -> Record:
+        listing = self._listing[split]
+        key = listing.key[i]
+        path = self.root / split / key
+        return {"index": i, "key": key, "image": decode_image(path, str(path)), "label": listing.label[i]}
+
+
+@dataclass
+class _Listing:
+    key: StrColumn = field(default_factory=StrColumn)  # "<class folder>/<file name>"
+    label: array = field(default_factory=lambda: array("l"))
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES

@@ -8,15 +8,24 @@ Flickr30K has no `filepath`. Options (`data.options.karpathy`): `annotation` (th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from mmbench.data.base import Reader, decode_image
+from mmbench.data.base import Reader, Record, decode_image
+from mmbench.data.columns import Codes, LazyRecords, StrColumn, require_files, stat_fingerprint
+from mmbench.data.jsonfiles import iter_json_list
 from mmbench.errors import DataError
 
 
 class KarpathyReader(Reader):
     format = "karpathy"
+
+    def __init__(self, root: Path, task) -> None:
+        super().__init__(root, task)
+        self._splits: dict[str, _KarpathySplit] = {}
 
     @property
     def annotation(self) -> Path:
@@ -38,31 +47,68 @@ class KarpathyReader(Reader):
             raise DataError(f"{self.annotation}: missing (expected {self.expected()})")
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: image folder missing (expected {self.expected()})")
+        images = [os.path.join(self.image_dir, rel) for rel in self._image_relpaths(split)]
+        require_files(images, split, self.annotation.name)
 
-    def _entries(self, split: str) -> list[dict]:
-        try:
-            data = json.loads(self.annotation.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{self.annotation}: not valid JSON ({e})") from None
-        images = data.get("images") if isinstance(data, dict) else None
-        if not isinstance(images, list):
-            raise DataError(f"{self.annotation}: key 'images': expected a list of image entries")
-        out = []
-        for i, entry in enumerate(images):
+    def fingerprint(self, split: str) -> str:
+        """The annotation file and every image of the split (name, size, mtime): one `stat` per image (25k for
+        COCO's Karpathy test + val), well under a second on a local disk."""
+        base = self.image_dir.relative_to(self.root).as_posix()
+        images = [f"{base}/{rel}" if base != "." else rel for rel in self._image_relpaths(split)]
+        return stat_fingerprint(self.root, [self.annotation.relative_to(self.root).as_posix(), *images])
+
+    def _image_relpaths(self, split: str) -> list[str]:
+        index = self._index(split)
+        return [_join(index.folder[i], index.filename[i]) for i in range(len(index.filename))]
+
+    def _index(self, split: str) -> _KarpathySplit:
+        """The split's images in file order (the annotation file is parsed one image entry at a time)."""
+        if split in self._splits:
+            return self._splits[split]
+        index = _KarpathySplit()
+        for i, entry in enumerate(iter_json_list(self.annotation, "images")):
+            if not isinstance(entry, dict):
+                raise DataError(f"{self.annotation}: images[{i}]: expected an object")
             for key in ("filename", "split", "sentences"):
                 if key not in entry:
                     raise DataError(f"{self.annotation}: images[{i}]: missing key {key!r}")
-            if entry["split"] == split:
-                out.append(entry)
-        return out
-
-    def samples(self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None):
-        entries = self._entries(split)
-        for index, entry in enumerate(entries[:limit] if limit is not None else entries):
-            if keep is not None and not keep(index):
+            if entry["split"] != split:
                 continue
-            caps = [s.get("raw", "").strip() for s in entry["sentences"]]
+            caps = _captions(entry["sentences"])
             if not caps or not all(caps):
                 raise DataError(f"{self.annotation}: image {entry['filename']!r}: empty or missing 'raw' caption")
-            path = self.image_dir / entry.get("filepath", "") / entry["filename"]
-            yield {"index": index, "key": entry["filename"], "image": decode_image(path, str(path)), "captions": caps}
+            index.filename.append(entry["filename"])
+            index.folder.append(entry.get("filepath", ""))
+            index.captions.append(json.dumps(caps, ensure_ascii=False))
+        self._splits[split] = index
+        return index
+
+    def random_access(self, split: str, limit: int | None = None) -> Sequence[Record]:
+        n = len(self._index(split).filename)
+        return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
+
+    def _record(self, split: str, i: int) -> Record:
+        index = self._splits[split]
+        filename = index.filename[i]
+        path = self.image_dir / index.folder[i] / filename
+        captions = json.loads(index.captions[i])
+        return {"index": i, "key": filename, "image": decode_image(path, str(path)), "captions": captions}
+
+
+@dataclass
+class _KarpathySplit:
+    filename: StrColumn = field(default_factory=StrColumn)
+    folder: Codes = field(default_factory=Codes)  # `filepath` (COCO's train2014/val2014), "" for Flickr30K
+    captions: StrColumn = field(default_factory=StrColumn)  # JSON list
+
+
+def _captions(sentences: object) -> list[str]:
+    """The `raw` text of every sentence ("" where one is missing or not text)."""
+    if not isinstance(sentences, list):
+        return []
+    raw = [s.get("raw") if isinstance(s, dict) else None for s in sentences]
+    return [r.strip() if isinstance(r, str) else "" for r in raw]
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name

@@ -1,4 +1,5 @@
-"""The CLIP_benchmark WebDataset layout (hub repos `clip-benchmark/wds_*`), streamed with the `webdataset` library.
+"""The CLIP_benchmark WebDataset layout (hub repos `clip-benchmark/wds_*`), read through an index of tar member
+offsets (`mmbench.data.tar_index`): random access for fine-tuning, and evaluation reads only its own samples.
 
 ```
 <root>/<split>/{nshards.txt, 0.tar, 1.tar, ...}   <root>/dataset_type.txt (retrieval | multilabel | absent)
@@ -10,24 +11,39 @@ carry `txt` = captions joined by newlines; classification samples carry `cls` = 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from mmbench.data.base import Reader, Record, decode_image
 from mmbench.data.classification import CLASSNAMES_FILE, file_digest, files_fingerprint, parse_label, read_classnames
+from mmbench.data.columns import Codes, LazyRecords
+from mmbench.data.tar_index import ShardIndex, check_shard_end, scan_shard
 from mmbench.errors import DataError
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
 
 class WdsReader(Reader):
-    """Shard bookkeeping and streaming shared by the retrieval and classification variants."""
+    """Shard bookkeeping and random access shared by the retrieval and classification variants. `check` is the
+    cheap one (every shard present and ending like a complete tar); reading scans each shard's headers once
+    (`mmbench.data.tar_index`), which checks its member stream in full."""
 
     dataset_type: str | None = None  # what dataset_type.txt must say (None: file absent = classification)
+
+    def __init__(self, root: Path, task) -> None:
+        super().__init__(root, task)
+        self._splits: dict[str, _WdsSplit] = {}
+        self._fields = Codes()  # member field names ("webp", "cls", ...), coded once for all shards
 
     @classmethod
     def detect(cls, root: Path, task) -> bool:
         return (Path(root) / task.data.split / "nshards.txt").is_file()
+
+    def has_split(self, split: str) -> bool:
+        return (self.root / split).is_dir()  # its nshards.txt and shards are `check`'s business
 
     def shards(self, split: str) -> list[Path]:
         split_dir = self.root / split
@@ -54,7 +70,8 @@ class WdsReader(Reader):
         if kind != self.dataset_type:
             want = self.dataset_type or "absent (classification)"
             raise DataError(f"{kind_file}: dataset type is {kind or 'absent'!r}, but this task needs {want}")
-        self.shards(split)
+        for shard in self.shards(split):
+            check_shard_end(shard)
 
     def fingerprint(self, split: str) -> str:
         """Identity of the split's files for caches: shard names, sizes and mtimes, `nshards.txt` and the class
@@ -63,29 +80,44 @@ class WdsReader(Reader):
         extra = file_digest(split_dir / "nshards.txt") + file_digest(self.root / CLASSNAMES_FILE)
         return files_fingerprint(self.shards(split), self.root, extra)
 
-    def raw_samples(self, split: str, limit: int | None, keep: Callable[[int], bool] | None) -> Iterator[Record]:
-        """(index, key, shard, raw members) in shard order; members are decoded only for kept indices."""
-        import webdataset as wds
+    def _index(self, split: str, need: int | None) -> _WdsSplit:
+        """The split's shard indexes, scanned in shard order until `need` samples are known (all: None)."""
+        if split not in self._splits:
+            self._splits[split] = _WdsSplit(self.shards(split))
+        index = self._splits[split]
+        while len(index.scanned) < len(index.shards) and (need is None or index.starts[-1] < need):
+            shard = scan_shard(index.shards[len(index.scanned)], self._fields)
+            index.scanned.append(shard)
+            index.starts.append(index.starts[-1] + len(shard))
+        return index
 
-        def reraise(exn: Exception) -> bool:
-            raise DataError(f"{getattr(exn, 'filename', None) or split}: unreadable tar member ({exn})")
+    def random_access(self, split: str, limit: int | None = None) -> Sequence[Record]:
+        n = self._index(split, limit).starts[-1]
+        return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
 
-        pipeline = wds.DataPipeline(
-            wds.SimpleShardList([str(p) for p in self.shards(split)]), wds.tarfile_to_samples(handler=reraise)
-        )
-        for index, sample in enumerate(pipeline):
-            if limit is not None and index >= limit:
-                return
-            if keep is not None and not keep(index):
-                continue
-            yield {"index": index, "key": sample["__key__"], "shard": sample["__url__"], "raw": sample}
+    def _record(self, split: str, i: int) -> Record:
+        index = self._splits[split]
+        s = bisect.bisect_right(index.starts, i) - 1
+        shard, local = index.scanned[s], i - index.starts[s]
+        key = shard.keys[local]
+        return self.record(i, key, f"{shard.path}:{key}", shard.members(local, self._fields))
 
-    def image(self, rec: Record) -> object:
-        where = f"{rec['shard']}:{rec['key']}"
+    def record(self, index: int, key: str, where: str, raw: dict[str, bytes]) -> Record:
+        """A sample's record from its raw members; `where` (`<shard>:<key>`) names it in errors."""
+        raise NotImplementedError
+
+    def image(self, raw: dict[str, bytes], where: str) -> object:
         for ext in IMAGE_EXTS:
-            if ext in rec["raw"]:
-                return decode_image(rec["raw"][ext], f"{where}.{ext}")
+            if ext in raw:
+                return decode_image(raw[ext], f"{where}.{ext}")
         raise DataError(f"{where}: no image member (looked for .{', .'.join(IMAGE_EXTS)})")
+
+
+@dataclass
+class _WdsSplit:
+    shards: list[Path]
+    scanned: list[ShardIndex] = field(default_factory=list)
+    starts: list[int] = field(default_factory=lambda: [0])  # index of the first sample of each scanned shard
 
 
 class WdsRetrievalReader(WdsReader):
@@ -96,18 +128,16 @@ class WdsRetrievalReader(WdsReader):
         split = self.task.data.split
         return f"{self.root}/{split}/nshards.txt, {self.root}/{split}/0.tar ... with <key>.webp + <key>.txt members"
 
-    def samples(self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None):
-        for rec in self.raw_samples(split, limit, keep):
-            where = f"{rec['shard']}:{rec['key']}"
-            if "txt" not in rec["raw"]:
-                raise DataError(f"{where}: no .txt member with the captions")
-            try:
-                caps = [c.strip() for c in rec["raw"]["txt"].decode("utf-8").split("\n") if c.strip()]
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}.txt: captions are not UTF-8 ({e})") from None
-            if not caps:
-                raise DataError(f"{where}.txt: no captions")
-            yield {"index": rec["index"], "key": rec["key"], "image": self.image(rec), "captions": caps}
+    def record(self, index: int, key: str, where: str, raw: dict[str, bytes]) -> Record:
+        if "txt" not in raw:
+            raise DataError(f"{where}: no .txt member with the captions")
+        try:
+            caps = [c.strip() for c in raw["txt"].decode("utf-8").split("\n") if c.strip()]
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}.txt: captions are not UTF-8 ({e})") from None
+        if not caps:
+            raise DataError(f"{where}.txt: no captions")
+        return {"index": index, "key": key, "image": self.image(raw, where), "captions": caps}
 
 
 class WdsClassificationReader(WdsReader):
@@ -116,6 +146,7 @@ class WdsClassificationReader(WdsReader):
 
     format = "wds_classification"
     dataset_type = None
+    _n_classes: int | None = None  # read from classnames.txt at the first record
 
     def expected(self) -> str:
         split = self.task.data.split
@@ -131,8 +162,8 @@ class WdsClassificationReader(WdsReader):
     def classnames(self) -> list[str]:
         return read_classnames(self.root / CLASSNAMES_FILE)
 
-    def samples(self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None):
-        n_classes = len(self.classnames())
-        for rec in self.raw_samples(split, limit, keep):
-            label = parse_label(rec["raw"].get("cls"), f"{rec['shard']}:{rec['key']}", n_classes)
-            yield {"index": rec["index"], "key": rec["key"], "image": self.image(rec), "label": label}
+    def record(self, index: int, key: str, where: str, raw: dict[str, bytes]) -> Record:
+        if self._n_classes is None:
+            self._n_classes = len(self.classnames())
+        label = parse_label(raw.get("cls"), where, self._n_classes)
+        return {"index": index, "key": key, "image": self.image(raw, where), "label": label}

@@ -1,8 +1,8 @@
 """Data for fine-tuning: a resumable stream of training micro-batches, and exact evaluation streams.
 
-Training reads a map-style table of records: the reader's `random_access(split)` sequence when it offers one
-(records decoded on access, for image datasets), else the split materialised in memory (text-only GLUE and small
-sets). The order of training samples is one global stream, a fresh seeded permutation of the table per pass over
+Training reads a map-style table of records: the reader's `random_access(split)` sequence, whose items are built
+and decoded on access, in the loader workers (the reader keeps a compact index, never a decoded sample).
+The order of training samples is one global stream, a fresh seeded permutation of the table per pass over
 it. Optimizer step s takes the next `batch_size` samples of the stream; within the step, micro-batch j of rank r
 is the slice ((s * accumulate + j) * world + r) * B : ... + B. Hence
 
@@ -29,14 +29,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from mmbench.data.base import IndexedStream, Reader, Record
-from mmbench.errors import DataError
+from mmbench.errors import ConfigError, DataError
 from mmbench.models.base import ModelWrapper
 
 
 def training_table(reader: Reader, split: str, limit: int | None) -> Sequence[Record]:
+    """The training split as a sequence of records decoded on access. Never materialised: VQAv2's 443,757
+    training questions decoded at once would take hundreds of GB."""
     table = reader.random_access(split, limit)
     if table is None:
-        table = list(reader.samples(split, limit=limit))
+        raise ConfigError(
+            f"task {reader.task.name!r}: the {reader.format!r} reader offers no random access "
+            f"(`random_access`), which fine-tuning needs to draw shuffled batches without holding the split in memory"
+        )
     if len(table) == 0:
         raise DataError(f"task {reader.task.name!r}: the {split!r} split of {reader.root} has no samples")
     return table
@@ -72,6 +77,8 @@ class StepSampler(Sampler[int]):
 
 
 class Table(Dataset):
+    """Item i = `to_item(records[i])`: the record (and its image) is built in the loader worker that asks for it."""
+
     def __init__(self, records: Sequence[Record], to_item: Callable[[Record], dict[str, Any]]):
         self.records, self.to_item = records, to_item
 

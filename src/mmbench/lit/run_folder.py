@@ -17,7 +17,7 @@ step:
 
 Every file is written to a temporary name and renamed, so a kill never leaves half a file; `best.pt` is written
 before `last.ckpt`, and a resumed run that repeats an interval rewrites it with identical weights. A write that
-fails (disk full) removes its temporary file and raises `CheckpointError` naming the file. Before a resume both
+fails (disk full) removes its temporary file and raises `OutputError` (exit 5) naming the file. Before a resume both
 checkpoints are opened (memory-mapped: no tensor is read), so a corrupt one stops the run before any step, naming
 the file and how to start afresh (`mmbench run --fresh`).
 """
@@ -35,7 +35,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mmbench.errors import CheckpointError
+from mmbench.errors import CheckpointError, OutputError
 from mmbench.paths import atomic_write
 
 LAST, BEST, STATE = "last.ckpt", "best.pt", "state.json"
@@ -179,8 +179,9 @@ class RunFolder(Callback):
             trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
             if trainer.is_global_zero:
                 os.replace(tmp, path)
-        except OSError as e:
-            raise CheckpointError(f"{path}: cannot write the fine-tuning checkpoint ({e.strerror or e})") from None
+        except OSError as e:  # a full disk or a read-only cache: an output problem, not an unreadable checkpoint
+            reason = getattr(e, "reason", None) or e.strerror or str(e)
+            raise OutputError(f"{path}: cannot write the fine-tuning checkpoint ({reason})", path, reason) from None
         finally:
             if trainer.is_global_zero:
                 tmp.unlink(missing_ok=True)
@@ -207,8 +208,9 @@ def _write(path: Path, write: Any) -> None:
     try:
         atomic_write(path, write)
     except (OSError, RuntimeError) as e:
-        reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: cannot write ({reason})") from None
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None)
+        reason = reason or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OutputError(f"{path}: cannot write ({reason})", path, reason) from None
 
 
 def load_best(module: torch.nn.Module, folder: Path) -> bool:

@@ -27,6 +27,8 @@ def wrapper_class(cfg: ModelConfig) -> type[ModelWrapper]:
 def build_model(cfg: ModelConfig) -> ModelWrapper:
     """Build the wrapper a preset names, with its weights (hub id, local directory or file, or random init)."""
     start = time.perf_counter()
-    model = wrapper_class(cfg).from_config(cfg)
+    cls = wrapper_class(cfg)
+    cls.check_config(cfg)  # also for configs that did not come through the registry
+    model = cls.from_config(cfg)
     model.build_seconds = time.perf_counter() - start
     return model.eval()

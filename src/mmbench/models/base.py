@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
 from mmbench.errors import CapabilityError, CheckpointError, ConfigError
-from mmbench.schema import ModelConfig
+from mmbench.models.arch import check_arch_keys
+from mmbench.models.preprocess import ImageTransform, check_preprocess, resolve_preprocess
+from mmbench.schema import ModelConfig, PreprocessConfig
 
 T = TypeVar("T")
 
@@ -33,7 +35,12 @@ class Capability(enum.Flag):
 
 
 class ModelWrapper(nn.Module):
-    """Base of every wrapper. Subclasses set `capabilities` and `feature_dims` and override what they can do."""
+    """Base of every wrapper. Subclasses set `capabilities` and `feature_dims` and override what they can do.
+
+    Every wrapper also: takes images of any size a task asks for (its vision position table is interpolated to
+    the input's patch grid, tests/test_image_size.py); reports `max_text_positions` and never tokenizes beyond it;
+    applies `self.preprocess`, recorded with where it came from in `preprocess_source`.
+    """
 
     capabilities: Capability = Capability.NONE
     feature_dims: dict[str, int]
@@ -42,35 +49,56 @@ class ModelWrapper(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.feature_dims = {}
+        # The checkpoint's own preprocessor_config.json where it has one, else the preset; results record which.
+        resolved = resolve_preprocess(cfg)
+        self.preprocess: PreprocessConfig = resolved.config
+        self.preprocess_source: str = resolved.source
+        # The most text tokens the text encoder accepts (None: unbounded); `tokenize` never exceeds it.
+        self.max_text_positions: int | None = None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ModelWrapper:
         raise NotImplementedError
 
+    # ---- preset validation (when the preset is loaded, before anything is built) ------------------------------
+    arch_schema: ClassVar[type | None] = None  # the dataclass the preset's `arch` block validates into
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        """The HF config class whose kwargs the `arch` field `key` holds (CLIP's `vision` -> `CLIPVisionConfig`),
+        or None. Only asked for non-empty blocks, so presets without them never import transformers here."""
+        return None
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        """Errors that omegaconf's schema cannot catch, naming the key: unknown keys at any depth of `arch`
+        (HF config classes would keep them silently), ill-typed `arch` values, bad `preprocess` choices."""
+        try:
+            check_preprocess(cfg.preprocess)
+            if cls.arch_schema is not None:
+                check_arch_keys(dict(cfg.arch), cls.arch_schema, cls.arch_config_class)
+        except ConfigError as e:
+            raise ConfigError(f"model {cfg.name!r}: {e}") from None
+        if cls.arch_schema is not None:
+            parse_arch(cfg, cls.arch_schema)
+
     # ---- preprocessing -------------------------------------------------------------------------------------
     def image_transform(self, train: bool = False, image_size: int | None = None) -> Callable[[Any], Tensor]:
-        """PIL image -> normalised tensor with the preset's eval preprocessing (`train` adds nothing by default:
-        the paper protocols fine-tune without augmentation). `image_size` overrides the crop (VQA at 480)."""
-        from torchvision import transforms as T
-
-        p = self.cfg.preprocess
-        size = image_size or p.image_size
-        resize = size if image_size else p.resize
-        interpolation = T.InterpolationMode(p.interpolation)
-        return T.Compose(
-            [
-                T.Lambda(_to_rgb),
-                T.Resize(resize, interpolation=interpolation),
-                T.CenterCrop(size),
-                T.ToTensor(),
-                T.Normalize(p.mean, p.std),
-            ]
-        )
+        """PIL image -> normalised tensor with the checkpoint's eval preprocessing (`self.preprocess`; `train` adds
+        nothing: the paper protocols fine-tune without augmentation). `image_size` overrides the crop (VQA at 480)
+        and scales the resize with it, in either resize mode."""
+        return ImageTransform(self.preprocess, image_size)
 
     def tokenize(
         self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None
     ) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def text_length(self, max_length: int | None = None) -> int:
+        """The length `tokenize` truncates to: the one asked for (or the preset's), never more than the text
+        encoder's positions."""
+        n = max_length or self.cfg.max_text_length
+        return n if self.max_text_positions is None else min(n, self.max_text_positions)
 
     # ---- features ------------------------------------------------------------------------------------------
     def image_features(self, pixel_values: Tensor) -> Tensor:
@@ -115,10 +143,6 @@ def check_capabilities(model: str, have: Capability, needed: Capability, what: s
     if lacking:
         names = "/".join(c.name for c in Capability if c and c in lacking and c.name)
         raise CapabilityError(f"model {model!r} has no {names} capability, which {what} needs")
-
-
-def _to_rgb(image: Any) -> Any:
-    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
 
 
 def parse_arch(cfg: ModelConfig, schema: type[T]) -> T:

@@ -20,12 +20,13 @@ Which pooled state each capability uses, and why (each is what the unilm head bu
   LayerNorm), L2-normalised: `BEiT3ForRetrieval`. Offered only when the checkpoint carries both heads (`*_itc_*`
   and retrieval checkpoints); random heads would make zero-shot retrieval meaningless, so the task is then n/a.
 
-Preprocessing is unilm's vision-language eval transform: a bicubic resize to a square (no crop), mean = std = 0.5.
+Preprocessing is unilm's vision-language eval transform: a bicubic resize to a square (no crop), mean = std = 0.5
+(the presets' `resize_mode: square`; proven equal in tests/test_preprocess_parity.py). Other image sizes (VQA at
+480) interpolate the vision position table on the fly by unilm's bicubic rule (`interpolate_vision_positions`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbench.errors import CapabilityError, CheckpointError, ConfigError
-from mmbench.models.base import Capability, ModelWrapper, _to_rgb, parse_arch
+from mmbench.models.base import Capability, ModelWrapper, parse_arch
 from mmbench.models.beit3_checkpoint import LoadReport, load_into, resolve_file
 from mmbench.models.beit3_layers import Beit3Config, Beit3Model, Pooler, init_weights_
 from mmbench.models.beit3_tokenizer import SPM_FILENAME, spm_tokenizer
@@ -75,6 +76,7 @@ def load_beit3_tokenizer(cfg: ModelConfig) -> Any:
 
 class Beit3Wrapper(ModelWrapper):
     capabilities = ALL
+    arch_schema = Beit3Config
 
     def __init__(self, cfg: ModelConfig, arch: Beit3Config, tokenizer: Any):
         super().__init__(cfg)
@@ -87,6 +89,8 @@ class Beit3Wrapper(ModelWrapper):
         self.fc_norm = nn.LayerNorm(d)
         self.feature_dims = {"image": d, "text": d, "pair": d, "embedding": d}
         self.load_report: LoadReport | None = None  # what the checkpoint supplied, for logs and results
+        # The language position table's rows after fairseq's two unused ones (`Positions.text`).
+        self.max_text_positions = arch.max_source_positions - 2
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> Beit3Wrapper:
@@ -112,22 +116,6 @@ class Beit3Wrapper(ModelWrapper):
                 model.capabilities = ALL & ~Capability.CONTRASTIVE
         return model
 
-    # ---- preprocessing -------------------------------------------------------------------------------------
-    def image_transform(self, train: bool = False, image_size: int | None = None) -> Callable[[Any], Tensor]:
-        """unilm's VL eval transform (`datasets.build_transform`): resize to a square, no crop."""
-        from torchvision import transforms as T
-
-        p = self.cfg.preprocess
-        size = image_size or p.image_size
-        return T.Compose(
-            [
-                T.Lambda(_to_rgb),
-                T.Resize((size, size), interpolation=T.InterpolationMode(p.interpolation)),
-                T.ToTensor(),
-                T.Normalize(p.mean, p.std),
-            ]
-        )
-
     def tokenize(
         self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None
     ) -> dict[str, Tensor]:
@@ -138,7 +126,7 @@ class Beit3Wrapper(ModelWrapper):
             list(pairs) if pairs is not None else None,
             padding=True,
             truncation=True,
-            max_length=max_length or self.cfg.max_text_length,
+            max_length=self.text_length(max_length),
             return_tensors="pt",
         )
         return {"input_ids": enc["input_ids"], "padding_mask": enc["attention_mask"] == 0}

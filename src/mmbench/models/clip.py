@@ -2,7 +2,12 @@
 
 IMAGE: vision pooled ([CLS] after the post-LayerNorm, before projection); TEXT: text pooled (first EOS, before
 projection); FUSION: the paper's late fusion, concat(image, text) features; CONTRASTIVE: the normalised
-`visual_projection` / `text_projection` outputs, i.e. what `CLIPModel`'s logits use.
+`visual_projection` / `text_projection` outputs, i.e. what `CLIPModel`'s logits use. Proven equal to `CLIPModel`'s
+outputs on randomised weights in tests/test_models.py.
+
+Any image size: the vision tower always runs with HF's `interpolate_pos_encoding=True`, which resizes the position
+table bicubically to the input's patch grid (VQA at 480 -> 30x30 for ViT-B/16) and is the identity at the trained
+size. Text: at most `text_config.max_position_embeddings` tokens (77).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ class ClipArch:
 
 class ClipWrapper(ModelWrapper):
     capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.CONTRASTIVE
+    arch_schema = ClipArch
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        from transformers import CLIPTextConfig, CLIPVisionConfig
+
+        return {"vision": CLIPVisionConfig, "text": CLIPTextConfig}.get(key)
 
     def __init__(self, cfg: ModelConfig, model: Any, tokenizer: Any):
         super().__init__(cfg)
@@ -39,6 +51,7 @@ class ClipWrapper(ModelWrapper):
         self.tokenizer = tokenizer
         v, t = model.config.vision_config.hidden_size, model.config.text_config.hidden_size
         self.feature_dims = {"image": v, "text": t, "pair": v + t, "embedding": model.config.projection_dim}
+        self.max_text_positions = model.config.text_config.max_position_embeddings
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ClipWrapper:
@@ -63,12 +76,11 @@ class ClipWrapper(ModelWrapper):
     def tokenize(self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None):
         if pairs is not None:  # CLIP's text tower has no segment embeddings: join the pair as one text
             texts, pairs = [f"{a} {b}" for a, b in zip(texts, pairs)], None
-        return tokenize(
-            self.tokenizer, texts, pairs, max_length or self.cfg.max_text_length, ("input_ids", "attention_mask")
-        )
+        return tokenize(self.tokenizer, texts, pairs, self.text_length(max_length), ("input_ids", "attention_mask"))
 
     def image_features(self, pixel_values: Tensor) -> Tensor:
-        return self.model.vision_model(pixel_values=pixel_values).pooler_output  # (B, Dv)
+        out = self.model.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+        return out.pooler_output  # (B, Dv)
 
     def text_features(self, **tokens: Tensor) -> Tensor:
         return self.model.text_model(**tokens).pooler_output  # (B, Dt)

@@ -15,6 +15,11 @@
     `beit3_checkpoint.resolve_file` downloads to), hashed as a local file.
   A source that is not on this machine yet (hub snapshot not cached, URL not downloaded) gives `None`: the weights
   are unknown until the model is built (which downloads them), so no cache may be consulted before that.
+- Preprocessing: feature keys hold the preset's `preprocess` block, but a checkpoint that carries a
+  `preprocessor_config.json` replaces it (`models.preprocess.resolve_preprocess`). The file's content is part of
+  the source identity above (a directory's digest covers every file; a hub commit pins every file), and whether
+  it is used at all is recorded here; when that cannot be known without fetching (a hub snapshot whose processor
+  file is neither cached nor known to be absent), the fingerprint is `None`, as for weights not yet on disk.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from mmbench.models.preprocess import PROCESSOR_FILE, UNKNOWN, processor_file
 from mmbench.paths import atomic_write_text, checkpoint_download_dir
 from mmbench.schema import ModelConfig
 
@@ -52,6 +58,12 @@ def weights_fingerprint(cfg: ModelConfig, memo_dir: Path | None = None) -> str |
         if any(v is None for v in sources.values()):
             return None
         ident["sources"] = sources
+        # The checkpoint's preprocessor_config.json replaces the preset's preprocessing (`preprocess`): whether it
+        # has one must be known now, as the build will decide it. Its content is already in the source identity.
+        found = processor_file(cfg, fetch=False)
+        if found is UNKNOWN:
+            return None
+        ident["preprocess"] = PROCESSOR_FILE if found else "preset"
     blob = json.dumps(ident, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 

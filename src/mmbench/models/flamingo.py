@@ -10,6 +10,9 @@ masking modes) and against OpenFlamingo-layout checkpoints in tests/test_flaming
   last transformer block: the patch tokens *without* the CLS token and *before* `ln_post` (later releases apply
   `ln_post` to the tokens by default). With HF `CLIPVisionModel` that is `last_hidden_state[:, 1:]` (HF's
   `pre_layrnorm` is open_clip's `ln_pre`).
+- Any image size: the CLIP tower runs with HF's `interpolate_pos_encoding=True` in `encode_media` and
+  `image_features` (a bicubic resize of its position table to the input's patch grid; the identity at the trained
+  size). OpenFlamingo's own eval transform is open_clip's (the presets state it; tests/test_preprocess_parity.py).
 - Insertion: the gated block for decoder layer i (when (i+1) % every == 0) runs *before* that layer, through a
   forward pre-hook on the layer the preset names (`arch.decoder_layers`, e.g. `gpt_neox.layers`). The LM's module
   tree stays exactly HF's, so its own weights live under `lang_encoder.*` and the new blocks under
@@ -39,6 +42,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from mmbench.errors import ConfigError
+from mmbench.models.arch import did_you_mean
 from mmbench.models.base import Capability, ModelWrapper, parse_arch
 from mmbench.models.flamingo_checkpoint import CheckpointReport, load_openflamingo_checkpoint, resolve_checkpoint_file
 from mmbench.models.flamingo_layers import GatedCrossAttentionBlock, PerceiverResampler
@@ -143,7 +147,7 @@ class Flamingo(nn.Module):
     def encode_media(self, pixel_values: Tensor) -> Tensor:
         """(B, T_img, C, H, W) images -> (B, T_img, num_latents, Dv) resampled visual tokens."""
         b, t = pixel_values.shape[:2]
-        out = self.vision_encoder(pixel_values=pixel_values.flatten(0, 1))
+        out = self.vision_encoder(pixel_values=pixel_values.flatten(0, 1), interpolate_pos_encoding=True)
         patches = out.last_hidden_state[:, 1:]  # (B*T_img, P, Dv): no CLS, before the post-LayerNorm
         return self.perceiver(patches.unflatten(0, (b, t)))  # (B, T_img, n, Dv)
 
@@ -243,6 +247,21 @@ def tiny_flamingo_tokenizer(max_length: int = 77, flamingo_tokens: bool = True) 
 
 class FlamingoWrapper(ModelWrapper):
     capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION
+    arch_schema = FlamingoArch
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        from transformers import CONFIG_MAPPING, CLIPVisionConfig
+
+        if key == "vision":
+            return CLIPVisionConfig
+        if key != "lm" or not arch.get("lm_model_type"):
+            return None  # without a model type there is nothing to check `lm` against (from_config says so)
+        lm_type = str(arch["lm_model_type"])
+        if lm_type not in CONFIG_MAPPING:
+            hint = did_you_mean(lm_type, CONFIG_MAPPING.keys())
+            raise ConfigError(f"key 'arch.lm_model_type': {lm_type!r} is not an HF model type{hint}")
+        return CONFIG_MAPPING[lm_type]
 
     def __init__(self, cfg: ModelConfig, model: Flamingo, tokenizer: Any, report: CheckpointReport | None = None):
         super().__init__(cfg)
@@ -253,6 +272,9 @@ class FlamingoWrapper(ModelWrapper):
         self.tokenizer.padding_side = "right"
         self.checkpoint_report = report
         self.feature_dims = {"image": model.vis_dim, "text": model.lang_dim, "pair": model.lang_dim}
+        # One position is kept for the `<image>` token `pair_features` inserts; None: the LM names no bound.
+        positions = getattr(model.lang_encoder.config, "max_position_embeddings", None)
+        self.max_text_positions = positions - 1 if positions else None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> FlamingoWrapper:
@@ -296,10 +318,11 @@ class FlamingoWrapper(ModelWrapper):
         if pairs is not None:  # a causal LM has no segments: one text, the pair joined by a space
             texts = [f"{a} {b}" for a, b in zip(texts, pairs)]
         keys = ("input_ids", "attention_mask")
-        return tokenize(self.tokenizer, texts, None, max_length or self.cfg.max_text_length, keys)
+        return tokenize(self.tokenizer, texts, None, self.text_length(max_length), keys)
 
     def image_features(self, pixel_values: Tensor) -> Tensor:
-        return self.model.vision_encoder(pixel_values=pixel_values).pooler_output  # (B, Dv)
+        out = self.model.vision_encoder(pixel_values=pixel_values, interpolate_pos_encoding=True)
+        return out.pooler_output  # (B, Dv)
 
     def text_features(self, **tokens: Tensor) -> Tensor:
         mask = tokens.get("attention_mask")

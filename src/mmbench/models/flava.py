@@ -5,7 +5,12 @@ tanh pooler that neither the contrastive path nor the paper's linear probe uses)
 [CLS_M] state, the input of the paper's fine-tuning heads. CONTRASTIVE: the normalised `image_projection` /
 `text_projection` of the unimodal [CLS] states, exactly what `FlavaForPreTraining`'s contrastive logits use
 (`get_*_features(...).pooler_output[:, 0]`; HF's `*_embeddings` outputs are per token). Proven in
-tests/test_models.py against `FlavaForPreTraining` on the same weights.
+tests/test_models.py against `FlavaForPreTraining` and `FlavaModel.forward` on the same randomised weights.
+
+Any image size: `FlavaImageModel` takes HF's `interpolate_pos_encoding` (bicubic resize of the position table to
+the input's patch grid; the identity at the trained size), but `FlavaModel.forward` does not pass it on. So
+`pair_features` runs the three encoders itself, the way `FlavaModel.forward` wires them (see there). Text: at most
+`text_config.max_position_embeddings` tokens (512 for flava-full).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -54,6 +60,19 @@ def flava_config(cfg: ModelConfig, vocab_size: int) -> Any:
 
 class FlavaWrapper(ModelWrapper):
     capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.CONTRASTIVE
+    arch_schema = FlavaArch
+
+    @classmethod
+    def arch_config_class(cls, key: str, arch: dict[str, Any]) -> type | None:
+        from transformers import FlavaImageCodebookConfig, FlavaImageConfig, FlavaMultimodalConfig, FlavaTextConfig
+
+        blocks = {
+            "image": FlavaImageConfig,
+            "text": FlavaTextConfig,
+            "multimodal": FlavaMultimodalConfig,
+            "codebook": FlavaImageCodebookConfig,
+        }
+        return blocks.get(key)
 
     def __init__(self, cfg: ModelConfig, model: Any, tokenizer: Any):
         super().__init__(cfg)
@@ -66,6 +85,7 @@ class FlavaWrapper(ModelWrapper):
             "pair": c.multimodal_config.hidden_size,
             "embedding": c.projection_dim,
         }
+        self.max_text_positions = c.text_config.max_position_embeddings
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> FlavaWrapper:
@@ -77,17 +97,33 @@ class FlavaWrapper(ModelWrapper):
 
     def tokenize(self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None):
         keys = ("input_ids", "attention_mask", "token_type_ids")
-        return tokenize(self.tokenizer, texts, pairs, max_length or self.cfg.max_text_length, keys)
+        return tokenize(self.tokenizer, texts, pairs, self.text_length(max_length), keys)
 
     def image_features(self, pixel_values: Tensor) -> Tensor:
-        return self.model.image_model(pixel_values=pixel_values).last_hidden_state[:, 0]  # (B, Di)
+        out = self.model.image_model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+        return out.last_hidden_state[:, 0]  # (B, Di)
 
     def text_features(self, **tokens: Tensor) -> Tensor:
         return self.model.text_model(**tokens).last_hidden_state[:, 0]  # (B, Dt)
 
     def pair_features(self, pixel_values: Tensor, **tokens: Tensor) -> Tensor:
-        out = self.model(pixel_values=pixel_values, **tokens, output_hidden_states=True, return_dict=True)
-        return out.multimodal_output.last_hidden_state[:, 0]  # (B, Dm)
+        """`FlavaModel.forward`'s multimodal path with the image positions interpolated: each unimodal encoder's
+        last layer output *before* its final LayerNorm, projected to the multimodal width, image tokens first; the
+        text mask extended over [CLS_M] and the image tokens; the multimodal encoder's [CLS_M] state."""
+        m = self.model
+        image = m.image_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=True, return_dict=True
+        )
+        text = m.text_model(**tokens, output_hidden_states=True, return_dict=True)
+        image_mm = m.image_to_mm_projection(image.hidden_states[-1])  # (B, 1+P, Dm)
+        text_mm = m.text_to_mm_projection(text.hidden_states[-1])  # (B, T, Dm)
+        mask = tokens.get("attention_mask")
+        if mask is not None:
+            b, n = image_mm.shape[:2]
+            ones = torch.ones(b, n + int(m.multimodal_model.use_cls_token), device=mask.device)  # (B, 1+1+P)
+            mask = torch.cat([ones, mask], dim=1)  # (B, 1+1+P+T), float as in FlavaModel.forward
+        out = m.multimodal_model(torch.cat([image_mm, text_mm], dim=1), attention_mask=mask, return_dict=True)
+        return out.last_hidden_state[:, 0]  # (B, Dm)
 
     def image_embeddings(self, pixel_values: Tensor) -> Tensor:
         return F.normalize(self.model.image_projection(self.image_features(pixel_values)), dim=-1)  # (B, E)

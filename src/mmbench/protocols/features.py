@@ -33,7 +33,7 @@ from mmbench.lit.predict import IndexedPredictor, StreamDataModule, predict
 from mmbench.lit.trainer import make_trainer
 from mmbench.models.base import ModelWrapper
 from mmbench.models.fingerprint import weights_fingerprint
-from mmbench.paths import atomic_write
+from mmbench.paths import atomic_save
 from mmbench.protocols.base import RunContext
 
 log = logging.getLogger("mmbench")
@@ -68,10 +68,16 @@ def feature_key(ctx: RunContext, reader: Reader, split: str, weights: str) -> tu
 
 
 class FeatureCache:
-    """`<cache_dir>/features/<key[:2]>/<key>.pt`: {"features", "labels", "parts" (JSON)}."""
+    """`<cache_dir>/features/<key[:2]>/<key>.pt`: {"features", "labels", "parts" (JSON), "digest" (sha256)}.
+
+    The cache only saves time, so it never decides whether an evaluation finishes: a damaged entry is a miss (and
+    is rewritten), and a write that fails -- disk full, quota, a read-only folder, a file where a folder should
+    be -- is warned about once, naming the entry, leaves no temporary file, and stops further writes for this run.
+    Entries are read with `weights_only=True`: a pickle that would run code is refused, and so is a miss."""
 
     def __init__(self, cache_dir: Path):
         self.root = Path(cache_dir) / "features"
+        self.error: str | None = None  # the first failed write ("<path>: <reason>"); later writes are skipped
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
@@ -85,14 +91,37 @@ class FeatureCache:
             feats, labels = entry["features"], entry["labels"]
             if feats.ndim != 2 or labels.shape != (feats.shape[0],):
                 raise ValueError(f"shapes {tuple(feats.shape)} and {tuple(labels.shape)} do not match")
+            if entry.get("digest") != _digest(feats, labels):  # torch.load does not check the zip's CRCs
+                raise ValueError("its features do not match their checksum")
         except Exception as e:  # a damaged entry is a miss (it is rewritten), never a wrong number
             log.warning("feature cache entry %s is unreadable (%s); extracting again", path, e)
             return None
         return SplitFeatures(feats, labels)
 
-    def save(self, key: str, feats: SplitFeatures, parts: dict[str, Any]) -> Path:
+    def save(self, key: str, feats: SplitFeatures, parts: dict[str, Any]) -> Path | None:
+        """The entry's path, or None when it could not be written (see the class docstring)."""
+        if self.error is not None:
+            return None
         entry = {"features": feats.features, "labels": feats.labels, "parts": json.dumps(parts, default=str)}
-        return atomic_write(self.path(key), lambda tmp: torch.save(entry, tmp))
+        entry["digest"] = _digest(feats.features, feats.labels)
+        path = self.path(key)
+        try:
+            return atomic_save(path, entry)
+        except (OSError, RuntimeError) as e:  # OutputError (an OSError) when the OS refused; RuntimeError: torch's
+            self.error = f"{path}: {getattr(e, 'reason', None) or (e.strerror if isinstance(e, OSError) else 0) or e}"
+            log.warning("feature cache: cannot write %s; going on without caching", self.error)
+            return None
+
+
+def _digest(features: Tensor, labels: Tensor) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes: a damaged entry (flipped or zeroed bytes in the tensor
+    data) loads without complaint otherwise and would give wrong numbers. ~1 s per GB, against minutes of
+    extraction per GB of features."""
+    h = hashlib.sha256()
+    for t in (features, labels):
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy())
+    return h.hexdigest()
 
 
 class _Collate:
@@ -122,8 +151,9 @@ def _image_features(model: ModelWrapper, batch: dict[str, Any]) -> dict[str, Ten
 @dataclass
 class Extraction:
     splits: dict[str, SplitFeatures]
-    cache: dict[str, str]  # split -> "hit" | "miss" | "uncached"
+    cache: dict[str, str]  # split -> "hit" | "miss" (extracted, saved) | "unsaved" (the write failed) | "uncached"
     is_global_zero: bool
+    cache_error: str | None = None  # why an entry could not be written ("<path>: <reason>")
 
 
 def load_or_extract(ctx: RunContext, reader: Reader, splits: list[str], batch_size: int) -> Extraction:
@@ -159,6 +189,6 @@ def load_or_extract(ctx: RunContext, reader: Reader, splits: list[str], batch_si
             status[split] = "uncached"
             continue
         status[split] = "miss"
-        if trainer.is_global_zero:
-            cache.save(keys[split][0], feats, keys[split][1])
-    return Extraction({s: found[s] for s in splits}, status, trainer.is_global_zero)
+        if trainer.is_global_zero and cache.save(keys[split][0], feats, keys[split][1]) is None:
+            status[split] = "unsaved"
+    return Extraction({s: found[s] for s in splits}, status, trainer.is_global_zero, cache.error)

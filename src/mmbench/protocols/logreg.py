@@ -190,10 +190,13 @@ class SweepPoint:
 
 @dataclass
 class SweepResult:
-    best_l2: float
-    best_score: float
-    best_state: Any  # what `evaluate` returned for the best strength (a LogRegFit for our solver)
+    best_l2: float  # the pick: the strongest strength whose score is within `tolerance` of `max_score`
+    best_score: float  # the pick's score
+    best_state: Any  # what `evaluate` returned for the pick (a LogRegFit for our solver)
     points: list[SweepPoint] = field(default_factory=list)  # in the order evaluated
+    tolerance: float = 0.0
+    max_score: float = float("nan")  # the best score of any strength
+    candidates: list[float] = field(default_factory=list)  # every strength within `tolerance` of it, strong first
 
 
 def sweep_l2(
@@ -201,14 +204,23 @@ def sweep_l2(
     l2_min: float = 1e-6,
     l2_max: float = 1e6,
     steps_per_decade: int = 8,
+    tolerance: float = 0.0,
 ) -> SweepResult:
     """CLIP's parametric search of the L2 strength: every decade from `l2_max` down to `l2_min`, then binary
-    refinement around the best (half a decade, a quarter, ...) down to `1/steps_per_decade` decade.
+    refinement around the pick (half a decade, a quarter, ...) down to `1/steps_per_decade` decade.
 
     `evaluate(l2, warm)` fits at `l2` starting from `warm` (the state of the nearest strength already fitted, None
     first) and returns (validation score, state). The coarse pass runs from strong to weak regularisation, so each
     fit starts from the solution one decade stronger -- the regularisation path -- and the refinement points start
-    from their neighbour. Ties go to the stronger regularisation (small validation sets tie often)."""
+    from their neighbour.
+
+    The pick: scores within `tolerance` of the best score count as tied, and ties go to the stronger
+    regularisation. With `tolerance` = what one validation sample can change (the caller's choice, see
+    `protocols.linear_probe`), one prediction flipping on float rounding (another CPU kernel takes another solver
+    path) no longer hands the pick to whichever strength gained the sample. Such flips happen where the objective
+    is nearly flat -- weak regularisation, loosely determined solutions -- and the rule anchors the pick at the
+    strong edge of the near-best plateau, where fits are well conditioned. It narrows the flips, it cannot remove
+    them: a score sitting exactly at the edge of the band still decides the pick."""
     s = steps_per_decade
     lo, hi = math.ceil(math.log10(l2_min) * s - 1e-9), math.floor(math.log10(l2_max) * s + 1e-9)
     done: dict[int, tuple[float, Any]] = {}
@@ -220,8 +232,10 @@ def sweep_l2(
         done[pos] = (float(score), state)
         points.append(SweepPoint(10.0 ** (pos / s), float(score), getattr(state, "n_iter", None)))
 
-    def best() -> int:
-        return max(done, key=lambda q: (done[q][0], q))
+    def within() -> list[int]:
+        top = max(score for score, _ in done.values())
+        # the relative slack absorbs the rounding of `top - tolerance` when scores are multiples of `tolerance`
+        return sorted((q for q in done if top - done[q][0] <= tolerance * (1 + 1e-9) + 1e-12), reverse=True)
 
     for pos in range(hi - hi % s, lo - 1, -s):  # decades only, strong -> weak
         run(pos)
@@ -229,10 +243,12 @@ def sweep_l2(
         run(hi)
     step = s // 2
     while step >= 1:
-        centre = best()
+        centre = within()[0]
         for pos in (centre - step, centre + step):
             if lo <= pos <= hi and pos not in done:
                 run(pos)
         step //= 2
-    b = best()
-    return SweepResult(10.0 ** (b / s), done[b][0], done[b][1], points)
+    tied = within()
+    b = tied[0]
+    top = max(score for score, _ in done.values())
+    return SweepResult(10.0 ** (b / s), done[b][0], done[b][1], points, tolerance, top, [10.0 ** (q / s) for q in tied])

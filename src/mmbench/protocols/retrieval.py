@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from mmbench.data import IndexedStream, open_reader
+from mmbench.errors import DataError
 from mmbench.lit.predict import IndexedPredictor, StreamDataModule, predict
 from mmbench.lit.trainer import make_trainer
 from mmbench.metrics.retrieval import recall_at_k
@@ -69,7 +70,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     predictor = IndexedPredictor(model, _embed(k))
     out = predict(trainer, predictor, data)
     if not out:
-        raise ValueError(f"task {task.name!r}: the {task.data.split!r} split of {ctx.data_root} has no samples")
+        raise DataError(f"task {task.name!r}: the {task.data.split!r} split of {ctx.data_root} has no samples")
 
     counts = out["n_captions"].long()  # (I,)
     valid = torch.arange(k)[None, :] < counts[:, None]  # (I, k)

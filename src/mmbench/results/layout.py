@@ -1,15 +1,22 @@
 """The leaderboard's inputs that are data, not runs: the Table-4 layout and the paper's reported columns.
 
-`load_layout(results/reported/table4.yaml)` -> `Layout` (ordered score rows and domains);
-`load_reported(results/reported/, layout)` -> one `Reported` column per `<name>.json`, in the layout's order.
-Both validate what they read and name the file and key of anything malformed (`ConfigError` for the layout,
+`reported_dirs(extra)` -> the built-in reported folder (shipped with mmbench: `results/reported/` in a checkout,
+package data once installed), then the user's `extra` folder, which adds columns or replaces same-named files;
+`load_layout(path)` / `layout_of(dirs)` -> `Layout` (ordered score rows and domains; the last `table4.yaml` wins);
+`load_reported(dirs, layout)` -> one `Reported` column per `<name>.json`, in the layout's order.
+All validate what they read and name the file and key of anything malformed (`ConfigError` for the layout,
 `DataError` for a reported file), because a typo here would silently move a published number.
+
+A reported file may say which split each task's number was measured on (`splits: {task: split | null}`, in the
+split names of mmbench's task YAMLs; null: the source does not say), so that the table can flag a measured number
+from another split (VQAv2: ours val2014, the paper's test-dev2015).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +74,47 @@ class Reported:
     source: str  # one line of provenance for the table's notes
     scores: dict[str, dict[str, float]]
     averages: dict[str, float] | None  # as printed in the paper, when the file gives them
+    splits: dict[str, str | None] | None = None  # task -> split its numbers were measured on (None: not stated)
+
+
+def default_reported_dir() -> Path:
+    """The Table-4 layout and the paper's numbers that ship with mmbench."""
+    from mmbench.config import builtin_registry
+
+    builtin = builtin_registry()
+    if builtin is None or not (builtin.reported / LAYOUT_FILE).is_file():
+        raise ConfigError(
+            "the paper's reported numbers are not installed with mmbench (expected results/reported/ in a "
+            "checkout or mmbench/registry/reported/ in the package); pass --reported DIR holding a table4.yaml"
+        )
+    return builtin.reported
+
+
+def reported_dirs(extra: Path | None = None) -> list[Path]:
+    """The built-in reported folder, then `extra` (a user's folder of `<name>.json` columns and/or a
+    `table4.yaml`), which adds columns and replaces built-in files of the same name."""
+    if extra is None:
+        return [default_reported_dir()]
+    extra = Path(extra)
+    if not extra.is_dir():
+        raise DataError(f"{extra}: no such folder of reported numbers")
+    if not any(extra.glob("*.json")) and not (extra / LAYOUT_FILE).is_file():
+        raise DataError(f"{extra}: holds no reported <name>.json and no {LAYOUT_FILE}")
+    try:
+        builtin = default_reported_dir()
+    except ConfigError:
+        if (extra / LAYOUT_FILE).is_file():
+            return [extra]  # nothing shipped to add to: the user's folder is the whole story
+        raise
+    return [builtin] if extra.resolve() == builtin.resolve() else [builtin, extra]
+
+
+def layout_of(dirs: Sequence[Path]) -> Layout:
+    """The layout of the last folder in `dirs` that has one."""
+    for d in reversed(dirs):
+        if (Path(d) / LAYOUT_FILE).is_file():
+            return load_layout(Path(d) / LAYOUT_FILE)
+    return load_layout(Path(dirs[0]) / LAYOUT_FILE)  # names the missing file
 
 
 def load_layout(path: Path) -> Layout:
@@ -109,13 +157,17 @@ def load_layout(path: Path) -> Layout:
     )
 
 
-def load_reported(reported_dir: Path, layout: Layout) -> list[Reported]:
-    """Every `*.json` in `reported_dir`: the layout's `reported` files first, in its order, then the rest by name."""
-    reported_dir = Path(reported_dir)
-    found = {p.stem: p for p in sorted(reported_dir.glob("*.json"))}
+def load_reported(reported_dir: Path | Sequence[Path], layout: Layout) -> list[Reported]:
+    """Every `*.json` in the folder(s), a later folder's file replacing an earlier one of the same name: the
+    layout's `reported` files first, in its order, then the rest by name."""
+    dirs = [Path(reported_dir)] if isinstance(reported_dir, str | Path) else [Path(d) for d in reported_dir]
+    found: dict[str, Path] = {}
+    for d in dirs:
+        found.update({p.stem: p for p in sorted(d.glob("*.json"))})
     for stem in layout.reported:
         if stem not in found:
-            raise DataError(f"{layout.path}: key 'reported': {reported_dir / (stem + '.json')} does not exist")
+            where = " or ".join(str(d) for d in dirs)
+            raise DataError(f"{layout.path}: key 'reported': {stem}.json does not exist in {where}")
     order = list(layout.reported) + sorted(set(found) - set(layout.reported))
     return [_read_reported(found[stem], layout) for stem in order]
 
@@ -156,7 +208,26 @@ def _read_reported(path: Path, layout: Layout) -> Reported:
         source=_source_line(data["source"]),
         scores={t: {k: float(v) for k, v in s.items()} for t, s in scores.items()},
         averages={k: float(v) for k, v in averages.items()} if averages is not None else None,
+        splits=_splits(path, data.get("splits"), layout),
     )
+
+
+def _splits(path: Path, splits: Any, layout: Layout) -> dict[str, str | None] | None:
+    """`{task: split name | null}` covering every task of the layout, or None when the file says nothing."""
+    if splits is None:
+        return None
+    if not isinstance(splits, dict):
+        raise DataError(f"{path}: key 'splits': expected {{task: split name or null}}")
+    unknown = sorted(set(splits) - layout.tasks)
+    if unknown:
+        raise DataError(f"{path}: key 'splits.{unknown[0]}': task is not a row of {layout.path.name}")
+    for task in sorted(layout.tasks):
+        if task not in splits:
+            raise DataError(f"{path}: missing key 'splits.{task}' (null if the source does not say)")
+        value = splits[task]
+        if value is not None and (not isinstance(value, str) or not value):
+            raise DataError(f"{path}: key 'splits.{task}': {value!r} is neither a split name nor null")
+    return dict(splits)
 
 
 def _source_line(source: Any) -> str:

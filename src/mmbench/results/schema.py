@@ -3,15 +3,24 @@
 `metrics` hold every metric on its natural scale (fractions for accuracies and recalls, correlations in [-1, 1]);
 `scores` hold the numbers that enter the domain averages, on the 0-100 scale (100 x metric), as the paper reports.
 A task the model cannot do is written with `status: "n/a"`, a `reason`, and no scores (it counts 0 in averages).
+`data_fingerprint` identifies the data the result was computed on (file names, sizes and modification times of the
+splits read, see `mmbench.api`): a result is up to date only for the same config hash and the same fingerprint.
+
+Reading validates every field's type (a hand-edited or truncated-then-repaired file must not pass for a result),
+so a stale or damaged result is re-run by `mmbench run` and named by `mmbench table`.
+
+Versions: 2 added `data_fingerprint`; a version-1 file is still read (as made on unknown data, so never up to date).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STATUSES = ("ok", "n/a")
 DATA_SOURCES = ("real", "synthetic")
 
@@ -35,6 +44,7 @@ class TaskResult:
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     random_init: bool = False  # tiny presets: random weights, never a real model's number
+    data_fingerprint: str | None = None  # the data read (None: unknown, e.g. written by schema version 1)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -48,24 +58,81 @@ class TaskResult:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = "result") -> TaskResult:
+        """Validate a parsed result file; every problem is a `DataError` naming `where` and the key."""
         from mmbench.errors import DataError
 
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise DataError(f"{where}: schema_version {version!r} is not {SCHEMA_VERSION} (re-run with --redo)")
-        known = set(cls.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__) - ({"data_fingerprint"} if version == 1 else set())
         unknown = sorted(set(d) - known)
         if unknown:
             raise DataError(f"{where}: unknown key {unknown[0]!r}")
-        try:
-            res = cls(**d)
-        except TypeError as e:
-            raise DataError(f"{where}: {e}") from None
-        if res.status not in STATUSES:
-            raise DataError(f"{where}: key 'status': {res.status!r} is not one of {STATUSES}")
-        if res.data_source not in DATA_SOURCES:
-            raise DataError(f"{where}: key 'data_source': {res.data_source!r} is not one of {DATA_SOURCES}")
-        return res
+        fields = cls.__dataclass_fields__.values()
+        missing = [f.name for f in fields if f.name not in d and f.default is f.default_factory is MISSING]
+        if missing:
+            raise DataError(f"{where}: missing key {missing[0]!r}")
+        problem = _problem(d)
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        return cls(**d)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_str_or_none(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+# What each key must hold (JSON types): (check, what the message says it should be).
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (lambda v: isinstance(v, str) and v != "", "a model name"),
+    "task": (lambda v: isinstance(v, str) and v != "", "a task name"),
+    "domain": (lambda v: isinstance(v, str), "a string"),
+    "protocol": (lambda v: isinstance(v, str), "a string"),
+    "status": (lambda v: v in STATUSES, f"one of {', '.join(STATUSES)}"),
+    "metrics": (lambda v: isinstance(v, dict), "an object"),
+    "scores": (lambda v: isinstance(v, dict), "an object"),
+    "primary": (lambda v: isinstance(v, str), "a string"),
+    "n_samples": (_is_count, "a count (integer >= 0)"),
+    "data_source": (lambda v: v in DATA_SOURCES, f"one of {', '.join(DATA_SOURCES)}"),
+    "limit": (lambda v: v is None or (_is_count(v) and v > 0), "null or a positive integer"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+    "config_hash": (lambda v: isinstance(v, str) and v != "", "a hash string"),
+    "provenance": (lambda v: isinstance(v, dict), "an object"),
+    "reason": (_is_str_or_none, "null or a string"),
+    "details": (lambda v: isinstance(v, dict), "an object"),
+    "random_init": (lambda v: isinstance(v, bool), "true or false"),
+    "data_fingerprint": (_is_str_or_none, "null or a string"),
+}
+
+
+def _problem(d: dict[str, Any]) -> str | None:
+    """The first thing wrong with a parsed result, as "key 'x.y': <value> is not <what>"; None when valid."""
+    for key, (ok, what) in _CHECKS.items():
+        if key in d and not ok(d[key]):
+            return f"key {key!r}: {d[key]!r:.60} is not {what}"
+    for key, value in d["metrics"].items():
+        if value is not None and not _is_number(value):
+            return f"key 'metrics.{key}': {value!r:.60} is not a number or null"
+    for key, value in d["scores"].items():
+        if not _is_number(value) or not math.isfinite(value):
+            return f"key 'scores.{key}': {value!r:.60} is not a finite number"
+    wall = d["provenance"].get("wall_seconds")
+    if not _is_number(wall):
+        return f"key 'provenance.wall_seconds': {wall!r:.60} is not a number"
+    if d["status"] == "ok":
+        if d["primary"] not in d["metrics"]:
+            return f"key 'primary': {d['primary']!r} is not among its metrics"
+    elif d["scores"]:
+        return f"key 'scores': an {d['status']!r} result has no scores"
+    return None
 
 
 def _finite(value: Any) -> Any:

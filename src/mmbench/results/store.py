@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from mmbench.errors import DataError
 from mmbench.paths import atomic_write_text
 from mmbench.results.schema import TaskResult
+
+log = logging.getLogger("mmbench")
 
 
 def result_path(output: Path, model: str, task: str) -> Path:
@@ -27,9 +30,12 @@ def write(output: Path, result: TaskResult) -> Path:
 
 
 def read(path: Path) -> TaskResult:
+    """A result file, validated (`TaskResult.from_json`); any problem is a `DataError` naming the file."""
     try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
@@ -37,14 +43,17 @@ def read(path: Path) -> TaskResult:
 
 
 def find_complete(output: Path, model: str, task: str, config_hash: str) -> TaskResult | None:
-    """The stored result for (model, task) if it is complete and was made with the same config hash."""
+    """The stored result for (model, task) if it is valid and was made with the same config hash. An invalid one
+    (damaged, hand-edited, an unreadable schema) is reported and treated as absent: the task runs again and
+    overwrites it. Whether the data are still the same is the caller's question (`TaskResult.data_fingerprint`)."""
     path = result_path(output, model, task)
     if not path.is_file():
         return None
     try:
         res = read(path)
-    except DataError:
-        return None  # unreadable or an older schema: run again and overwrite
+    except DataError as e:
+        log.warning("%s; running the task again", e)
+        return None
     return res if res.config_hash == config_hash else None
 
 

@@ -2,17 +2,20 @@
 
 Public functions (pure; the CLI `mmbench table [--results DIR] [--out FILE] [--check]` only calls them):
 
-    board = render(results_dir: Path, reported_dir: Path) -> Leaderboard   # .markdown, .csv (strings)
+    board = render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard   # .markdown, .csv
     write(board, out_md: Path) -> None            # LEADERBOARD.md and LEADERBOARD.csv beside it, atomically
     check(board, out_md: Path) -> list[str]       # differences from the committed files; [] when equal
     domain_averages(scores_by_task, layout) -> {"language": x | None, "vision": ..., "multimodal": ..., "macro": ...}
 
 `render` reads `<results_dir>/runs/<model>/<task>.json` and `<results_dir>/synthetic/runs/...` (where synthetic runs
-go by default), the layout `<reported_dir>/table4.yaml` and the reported columns `<reported_dir>/*.json`.
+go by default), the Table-4 layout and the paper's reported columns that ship with mmbench, and `reported_dir` if
+given: its `*.json` add columns (or replace the shipped file of the same name), its `table4.yaml` the layout.
 Reference-grade results (`TaskResult.is_reference_grade`: real data, no `--limit`, real weights) fill the first
 table, one column per model, beside the paper's columns; everything else goes to a second table headed as not
 comparable, one column per (model, data source, limit, random init), so a smoke-test number can never pass for a
-real one. The output is deterministic (sorted columns, no paths, times or dates) so that CI can diff it.
+real one. A measured number from another split than a reported column's (VQAv2: val2014 here, test-dev2015 in
+the paper), or beside one whose split the source does not state, carries a note saying so. The output is
+deterministic (sorted columns, no paths, times or dates) so that CI can diff it.
 Malformed inputs raise `DataError` / `ConfigError` naming the file and key.
 """
 
@@ -30,7 +33,7 @@ from pathlib import Path
 from mmbench.errors import DataError
 from mmbench.paths import atomic_write_text
 from mmbench.results import store
-from mmbench.results.layout import LAYOUT_FILE, Layout, Reported, load_layout, load_reported
+from mmbench.results.layout import Layout, Reported, layout_of, load_reported, reported_dirs
 from mmbench.results.schema import TaskResult
 
 NA = "n/a"  # the value of a task the model cannot do in `scores_by_task`; it counts 0
@@ -79,6 +82,8 @@ class _Column:
     scores: dict[str, dict[str, float] | str] = field(default_factory=dict)  # task -> scores | NA
     reasons: dict[str, str] = field(default_factory=dict)  # task -> why it is n/a
     domains: dict[str, str] = field(default_factory=dict)  # task -> domain, to place tasks outside the layout
+    splits: dict[str, str | None] = field(default_factory=dict)  # task -> the split its numbers come from
+    split_notes: dict[str, str] = field(default_factory=dict)  # task -> why its split needs a note
     averages: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -92,10 +97,12 @@ class _Line:
     metric: str = ""
 
 
-def render(results_dir: Path, reported_dir: Path) -> Leaderboard:
-    """Render the leaderboard from a results directory (missing = no runs yet) and the reported directory."""
-    results_dir, reported_dir = Path(results_dir), Path(reported_dir)
-    layout = load_layout(reported_dir / LAYOUT_FILE)
+def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
+    """Render the leaderboard from a results directory (missing = no runs yet), the shipped reported numbers and,
+    if given, a folder of further reported columns."""
+    results_dir = Path(results_dir)
+    sources = reported_dirs(reported_dir)
+    layout = layout_of(sources)
     reference: dict[str, _Column] = {}
     other: dict[tuple, _Column] = {}
     for root in (results_dir, results_dir / "synthetic"):
@@ -111,11 +118,13 @@ def render(results_dir: Path, reported_dir: Path) -> Leaderboard:
                     raise DataError(f"{path}: a second {col.header!r} result for task {res.task!r}; remove one")
             _add(col, res)
     measured = [reference[m] for m in sorted(reference)]
-    reported = load_reported(reported_dir, layout)
+    reported = load_reported(sources, layout)
     papers = [_reported_column(r, layout) for r in reported]
     others = [other[k] for k in sorted(other)]
     for col in measured + others:
         col.averages = domain_averages(col.scores, layout)
+    for col in measured:
+        col.split_notes = _split_notes(col, reported, layout)
 
     md = [*_preamble(layout), "", "## Comparable to the paper", ""]
     md += _markdown_table(layout, measured + papers)
@@ -124,6 +133,7 @@ def render(results_dir: Path, reported_dir: Path) -> Leaderboard:
         "Reported columns (averages as the paper prints them; averaging their scores agrees to within 0.01):",
         "",
     ] + [f"- {r.name}: {r.source}" for r in reported]
+    md += _splits_summary(reported)
     md += ["", layout.errata] if layout.errata else []
     rows = _csv_rows("reference", layout, measured + papers)
     if others:
@@ -179,11 +189,55 @@ def _other_header(res: TaskResult) -> str:
 
 def _add(col: _Column, res: TaskResult) -> None:
     col.domains[res.task] = res.domain
+    task_cfg = res.config.get("task") if isinstance(res.config, dict) else None
+    data_cfg = task_cfg.get("data") if isinstance(task_cfg, dict) else None
+    col.splits[res.task] = data_cfg.get("split") if isinstance(data_cfg, dict) else None
     if res.status == "n/a":
         col.scores[res.task] = NA
         col.reasons[res.task] = res.reason or "no reason recorded"
     else:
         col.scores[res.task] = dict(res.scores)
+
+
+def _split_notes(col: _Column, reported: list[Reported], layout: Layout) -> dict[str, str]:
+    """task -> note, for each scored layout task of a measured column whose split differs from a reported column's,
+    or whose reported split is not stated; e.g. "vqav2: measured on val2014; FLAVA (paper): test-dev2015"."""
+    notes: dict[str, str] = {}
+    for task in sorted(layout.tasks):
+        if not isinstance(col.scores.get(task), dict):
+            continue
+        ours = col.splits.get(task)
+        theirs: dict[str, list[str]] = {}  # their split (or "" when not stated) -> reported column names
+        for rep in reported:
+            if rep.splits is None:
+                continue  # the file says nothing about splits: nothing to compare
+            split = rep.splits.get(task)
+            if split is None or split != ours:
+                theirs.setdefault(split or "", []).append(rep.name)
+        if theirs:
+            parts = [f"{', '.join(names)}: {split or 'split not stated'}" for split, names in sorted(theirs.items())]
+            notes[task] = f"{task}: measured on {ours or 'a split the result does not record'}; " + "; ".join(parts)
+    return notes
+
+
+def _splits_summary(reported: list[Reported]) -> list[str]:
+    """One line per distinct split map among the reported columns: which tasks come from which split."""
+    groups: dict[tuple, list[str]] = {}
+    for rep in reported:
+        if rep.splits is not None:
+            groups.setdefault(tuple(rep.splits.items()), []).append(rep.name)
+    lines = []
+    for items, names in groups.items():
+        by_split: dict[str, list[str]] = {}
+        for task, split in items:
+            by_split.setdefault(split or "not stated", []).append(task)
+        text = "; ".join(f"{split} ({', '.join(tasks)})" for split, tasks in by_split.items())
+        lines.append(f"- {', '.join(names)}: {text}.")
+    return (
+        ["", "The splits these numbers were measured on (named as mmbench's tasks name them):", "", *lines]
+        if lines
+        else []
+    )
 
 
 def _reported_column(rep: Reported, layout: Layout) -> _Column:
@@ -223,6 +277,8 @@ def _preamble(layout: Layout) -> list[str]:
         "- The first table's measured columns hold only reference-grade results: real data, the full evaluation "
         "split (no `--limit`), real weights. Anything else is in a separate table, not comparable to the paper.",
         "- Tasks outside Table 4 are listed as other tasks and are left out of every average.",
+        "- A measured number from another split than the paper's (VQAv2: val2014 here, test-dev2015 in the paper), or "
+        "beside a paper number whose split the paper does not state, carries a note naming both.",
     ]
 
 
@@ -288,8 +344,9 @@ def _markdown_table(layout: Layout, columns: list[_Column]) -> list[str]:
             cells = []
             for col in columns:
                 text, reason = _cell(col, line)
-                if reason:
-                    n = notes.setdefault(f"{col.header}: {reason}", len(notes) + 1)
+                note = f"{col.header}: {reason}" if reason else _split_note(col, line, text)
+                if note:
+                    n = notes.setdefault(note, len(notes) + 1)
                     text = f"{text} [{n}]"
                 cells.append(text)
             out.append(f"| {_md(line.label)} | {_md(line.metric)} | " + " | ".join(_md(c) for c in cells) + " |")
@@ -307,10 +364,15 @@ def _csv_rows(table: str, layout: Layout, columns: list[_Column]) -> list[list[s
         for col in columns:
             text, reason = _cell(col, line)
             value = "" if text == NOT_RUN else text
+            note = reason or _split_note(col, line, text)
             rows.append(
-                [table, line.part, domain, line.task, line.score, line.label, line.metric, col.header, value, reason]
+                [table, line.part, domain, line.task, line.score, line.label, line.metric, col.header, value, note]
             )
     return rows
+
+
+def _split_note(col: _Column, line: _Line, text: str) -> str:
+    return col.split_notes.get(line.task, "") if line.part == "table4" and text not in (NOT_RUN, NA) else ""
 
 
 def _md(text: str) -> str:
