@@ -223,8 +223,9 @@ def data_path(model: Any, task: Any, root: Path, spec: dict[str, Any]) -> tuple[
     return rate, problem
 
 
-def model_samples(result: Any, output: Path) -> int:
-    """How many samples the model processed for this result (from what the result records)."""
+def model_samples(result: Any, output: Path, limit: int) -> int:
+    """How many samples the model processed for this result (from what the result records; a selection split
+    is read `limit` samples at a time, being one of the data's n-record splits)."""
     d = result.details or {}
     if result.status != "ok":
         return 0
@@ -238,7 +239,7 @@ def model_samples(result: Any, output: Path) -> int:
     if "n" in selection:  # a hold-out, evaluated at every validation
         count += selection["n"] * len(d.get("val_history", []))
     elif "split" in selection:
-        count += d.get("n_eval", {}).get(selection["split"], 0) * len(d.get("val_history", []))
+        count += d.get("n_eval", {}).get(selection["split"], limit) * len(d.get("val_history", []))
     for name in (d.get("submissions") or {}).values():
         path = output / "artifacts" / result.model / name
         count += len(json.loads(path.read_text())) if path.is_file() else 0
@@ -298,7 +299,10 @@ class Worker:
         status = "FAIL" if error or result is None else result.status
         row = {"model": self.spec["model"], "task": name, "protocol": self.reg.task(name).protocol, "status": status}
         row.update(seconds=now - self.clock, data_rate=None, peak_mb=self.memory.take(), error=error)
-        row.update(samples=model_samples(result, self.output) if result else 0, note=note(result) if result else "")
+        samples = (
+            model_samples(result, self.output, min(result.limit or self.spec["n"], self.spec["n"])) if result else 0
+        )
+        row.update(samples=samples, note=note(result) if result else "")
         self.rows.append(row)
         self.done.append(name)
         # A full-size run folder holds GBs (last.ckpt with the optimizer state, best.pt): not kept past its row.
