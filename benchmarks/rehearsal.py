@@ -280,7 +280,9 @@ class Worker:
         from mmbench.data import dataset_root
         from mmbench.models import build_model
 
+        start = time.perf_counter()
         model = build_model(self.reg.model(self.spec["model"]))
+        size = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "build_s": time.perf_counter() - start}
         for name in self.spec["tasks"]:
             task = self.reg.task(name, self.task_overrides)
             try:
@@ -289,7 +291,7 @@ class Worker:
                 self.throughput[name] = (None, f"data: {one_line(e)}")
         for row in self.rows:
             rate, problem = self.throughput.get(row["task"], (None, None))
-            row["data_rate"] = rate
+            row.update(data_rate=rate, **size)
             if problem and not row["error"]:
                 row.update(status="FAIL", error=problem)
         Path(self.spec["rows"]).write_text(json.dumps(self.rows))
@@ -458,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(rows))
+    sizes = {r["model"]: r for r in rows if "params_m" in r}
+    for name, r in sizes.items():
+        print(
+            f"{name}: {r['params_m']:.1f} M parameters (tiny tokenizer's embedding rows), built in {r['build_s']:.1f} s"
+        )
     failed = [r for r in rows if r["status"] == "FAIL"]
     print(f"\n{len(rows)} runs, {len(failed)} failed, {time.perf_counter() - start:.0f} s in all")
     return 1 if failed else 0
