@@ -40,12 +40,20 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# `make test` again under each ATEN_CPU_CAPABILITY below this CPU's own (default; avx2 on an AVX-512 machine): a
-# test must not pin a number that depends on which float kernels ran.
+# The tests whose assertions go through float kernels (models, solvers, training, metrics), run again under each
+# ATEN_CPU_CAPABILITY below this CPU's own (default; avx2 on an AVX-512 machine): a test must not pin a number that
+# depends on which kernels ran. The multi-process tests compare N processes with one on the same kernels (exact on
+# any of them) and take a third of the suite's time, so they run once, in `make test`; so do the plumbing tests
+# (faults, wheel, config, tables). `make test-capabilities KERNEL_TESTS=tests` re-runs everything.
+KERNEL_TESTS ?= tests/test_linear_probe.py tests/test_logreg.py tests/test_probe_validation.py tests/test_finetune.py \
+  tests/test_finetune_selection.py tests/test_finetune_metrics.py tests/test_learnability.py tests/test_run.py \
+  tests/test_retrieval_metric.py tests/test_vqa_metric.py tests/test_models.py tests/test_image_size.py \
+  tests/test_preprocess_parity.py tests/test_beit3.py tests/test_beit3_parity.py tests/test_flamingo.py \
+  tests/test_flamingo_parity.py tests/test_fingerprint.py
 test-capabilities: setup
 	@for cap in $$($(BIN)/python .ci/capabilities.py); do \
-	  echo "== make test with ATEN_CPU_CAPABILITY=$$cap"; \
-	  ATEN_CPU_CAPABILITY=$$cap $(MAKE) --no-print-directory test || exit 1; \
+	  echo "== kernel-sensitive tests with ATEN_CPU_CAPABILITY=$$cap"; \
+	  ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -m "not multiprocess" $(KERNEL_TESTS) || exit 1; \
 	done
 
 lint: setup

@@ -236,6 +236,7 @@ def _wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"no {folder}/{pattern} after {timeout}s")
 
 
+@pytest.mark.multiprocess
 def test_killed_run_resumes_to_the_same_result_and_two_processes_evaluate_it_exactly(tmp_path):
     # Uninterrupted reference.
     ref = _evaluate("stsb", tmp_path, *SHORT, cache="c1", output="o1")
@@ -276,6 +277,7 @@ def test_killed_run_resumes_to_the_same_result_and_two_processes_evaluate_it_exa
     assert ref.details["samples_per_rank"] == {"validation": [301]}
 
 
+@pytest.mark.multiprocess
 def test_two_processes_train_exactly_as_one(tmp_path):
     """DDP (gloo, 2 CPU processes) x device batch 16 against 1 process accumulating 2 micro-batches of 16: the
     same samples per micro-batch, the same dropout masks (seeded by stream position, not rank) and an exactly

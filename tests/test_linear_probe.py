@@ -233,6 +233,7 @@ def test_vision_registry(registry):
     assert registry.task("clevr_counts").data.synthetic["label"] == "count"
 
 
+@pytest.mark.multiprocess
 def test_two_process_ddp_equals_single_process(tmp_path, registry):
     """2 CPU processes (gloo), 25 train / 13 test samples in blocks of 4: ranks get different counts; the
     gathered features are bitwise the single-process ones, and so are the numbers."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import mmbench
@@ -77,6 +78,7 @@ def _run(tmp_path: Path, devices: int) -> dict:
     return torch.load(out, weights_only=True)
 
 
+@pytest.mark.multiprocess
 def test_ragged_all_gather_with_an_empty_rank_equals_one_process(tmp_path):
     one, two = _run(tmp_path, 1), _run(tmp_path, 2)
     assert [two[n]["per_rank"] for n in (3, 9, 0)] == [[3, 0], [5, 4], [0, 0]]  # the cases the test is about

@@ -156,6 +156,7 @@ def test_a_failing_task_keeps_results_already_written(tmp_path, flickr25, capsys
     assert not result_path(tmp_path / "out", "clip-tiny", "coco").exists()
 
 
+@pytest.mark.multiprocess
 def test_two_process_ddp_equals_single_process(tmp_path, flickr25):
     """2 CPU processes (gloo) on 25 samples in blocks of 4: rank 0 gets blocks 0,2,4,6 (13 samples), rank 1 gets
     blocks 1,3,5 (12); the gathered result is identical to one process's."""

@@ -10,6 +10,7 @@ A field with an allowed range or set of values says so in its metadata (`at_leas
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,9 @@ def out_of_range(cfg: Any, prefix: str = "") -> tuple[str, str] | None:
             if rng is not None and item is not None and not rng.admits(item):
                 return where, f"{item!r} is out of range (allowed: {rng})"
             if choices is not None and item not in choices:
-                return where, f"{item!r} is not one of {', '.join(choices)}"
+                close = difflib.get_close_matches(str(item), choices, n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return where, f"{item!r} is not one of {', '.join(choices)}{hint}"
     check = getattr(cfg, "cross_check", None)
     found = check() if check else None
     return (f"{prefix}{found[0]}", found[1]) if found else None
