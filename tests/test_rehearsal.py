@@ -40,7 +40,7 @@ def test_a_failure_is_a_row_and_the_rest_still_runs(rehearsal, tmp_path):
     missing.unlink()  # a real run would stop on this before any step: so must the row
     tasks = ["vqav2", "flickr30k", "snli_ve"]
     spec = {
-        "model": "clip-tiny", "tasks": tasks, "groups": [[4, tasks]],
+        "model": "clip-tiny", "tasks": tasks, "groups": [[4, tasks, []]],
         "n": 4, "batch": 2, "steps": 1, "workers": 0, "accelerator": "cpu", "precision": None,
         "data_root": str(data), "output": str(tmp_path / "results"), "cache": str(tmp_path / "cache"),
         "rows": str(tmp_path / "rows.json"),
