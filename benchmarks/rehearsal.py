@@ -6,13 +6,13 @@ Tests and the demo run tiny presets on 32-px scene images; a real run meets full
 in benchmarks/rehearsal/models/ (the exact architectures of `clip`, `flava`, `beit3-base` and Flamingo with its
 ViT-L/14 tower and a 2-layer RedPajama-3B-wide LM, random weights, tiny built-in tokenizers), every protocol the
 model can do at each task's real resolution, on `mmbench data synth --real-shape` data: zero-shot retrieval
-(flickr30k, coco), linear probe (imagenet: 1000 classes, hold-out; country211: 211 classes, its val split), and
+(flickr30k, coco), linear probe (imagenet: 1000 classes; country211: 211 classes, no published val split), and
 fine-tuning (vqav2 at 480 px with test-dev predictions, snli_ve, hateful_memes, mnli with texts past 512 tokens),
-each through `mmbench.api.evaluate` as a user's run would go, with `--limit`-like caps and 1-2 steps.
+each through `mmbench.api.evaluate` as a user's run would go, with `--limit` caps and 1 update (`--steps`).
 
-    PYTHONPATH=src python benchmarks/rehearsal.py                       # everything; ~15 min on 2 CPU cores
+    PYTHONPATH=src python benchmarks/rehearsal.py                       # everything; 15-20 min on 2 CPU cores
     PYTHONPATH=src python benchmarks/rehearsal.py --models clip --protocols finetune --tasks vqav2
-    PYTHONPATH=src python benchmarks/rehearsal.py --accelerator gpu --precision bf16-mixed --limit 16 --batch 8
+    PYTHONPATH=src python benchmarks/rehearsal.py --accelerator gpu --precision bf16-mixed --limit 64 --batch 16
 
 Each model runs in its own process (a crash or an out-of-memory kill ends only that model's rows). Per (model,
 task) the table gives: status (a failure with its one-line error), seconds of the evaluate call (model builds
