@@ -18,7 +18,7 @@ SLICE_TASKS := sst2 cifar10 flickr30k
 SLICE_TOL := 1.0
 SLICE_DIR := build/ci-slice
 
-.PHONY: setup demo test test-capabilities lint leaderboard synthetic-results ci-slice wheel clean
+.PHONY: setup demo test test-capabilities lint leaderboard synthetic-results ci-slice wheel rehearsal clean
 
 $(VENV)/.installed: pyproject.toml requirements/parity.txt
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,13 @@ ci-slice: setup
 wheel: setup
 	rm -rf build/lib build/wheel
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation --wheel-dir build/wheel .
+
+# Full-size architectures (random weights) through one short pass of every protocol on real-shape data; prints
+# seconds, throughput (model vs data path) and peak memory per (model, task). ~15 min on 2 CPU cores. Filters and
+# GPU use: make rehearsal REHEARSAL_ARGS="--models clip --protocols finetune --accelerator gpu --precision bf16-mixed"
+REHEARSAL_ARGS ?=
+rehearsal: setup
+	$(BIN)/python benchmarks/rehearsal.py $(REHEARSAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo build

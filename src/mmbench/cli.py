@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, help="number of samples (default: the task's)")
     synth.add_argument("--seed", type=int, help="generator seed (default 0)")
     synth.add_argument("--format", help="one of the task's accepted formats (default: its first)")
+    synth.add_argument(
+        "--real-shape",
+        action="store_true",
+        help="the published layout's splits, real image sizes and formats and class counts; --n records per split",
+    )
     synth.add_argument("--debug", action="store_true")
     return p
 
@@ -261,6 +266,7 @@ def _data(args: argparse.Namespace) -> int:
     if args.format and args.format not in accepted:
         print(f"mmbench: error: task {task.name!r} reads {', '.join(accepted)}, not {args.format!r}", file=sys.stderr)
         return EXIT_CONFIG
-    out = synthetic.write(task, Path(args.out), fmt=args.format, n=args.n, seed=args.seed)
-    print(f"wrote synthetic {task.name} ({args.format or task.data.format}) to {out}")
+    out = synthetic.write(task, Path(args.out), fmt=args.format, n=args.n, seed=args.seed, real_shape=args.real_shape)
+    shape = ", real shape" if args.real_shape else ""
+    print(f"wrote synthetic {task.name} ({args.format or task.data.format}{shape}) to {out}")
     return 0

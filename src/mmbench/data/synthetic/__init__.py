@@ -92,15 +92,23 @@ def write(
     seed: int | None = None,
     *,
     replace: bool = True,
+    real_shape: bool = False,
 ) -> Path:
     """Write the task's synthetic dataset into `out`, atomically: generated in a temporary folder beside it and
     renamed, so a half-written folder never looks complete, and a kill leaves only a temporary that the next write
     removes. An existing `out` is replaced only when it is a synthetic dataset mmbench wrote (`replace=False`
-    keeps it: another process, e.g. a DDP rank, finished the same content first); anything else is refused."""
+    keeps it: another process, e.g. a DDP rank, finished the same content first); anything else is refused.
+    `real_shape`: the published layout at real image sizes and class counts, `n` records per split (see
+    `mmbench.data.synthetic.real_shape`)."""
     check_options(task)
     opts = synth_options(task, fmt, n, seed)
+    writer_of = _writer
+    if real_shape:
+        from mmbench.data.synthetic import real_shape as rs
+
+        opts, writer_of = rs.options(task, opts, n), rs.writer
     fmt = opts.pop("format")
-    writer = _writer(fmt)
+    writer = writer_of(fmt)
     out = Path(out)
     _check_replaceable(out)
     paths.make_folder(out.parent, f"cannot write synthetic dataset {out}")
