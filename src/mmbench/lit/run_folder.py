@@ -219,8 +219,10 @@ def load_best(module: torch.nn.Module, folder: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: the tensors are copied once, into the module, not first into a second copy of the model.
+        weights = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         module.load_state_dict(weights)
+        del weights
     except Exception as e:  # noqa: BLE001 - a damaged file or one of another architecture: one message
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: unreadable fine-tuning checkpoint ({reason}); {FRESH_HINT}") from None
