@@ -38,6 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helpers, also when a test imports this by path
+from proctree import tree_memory  # noqa: E402
+
 MB = 1 << 20
 
 
@@ -173,46 +176,6 @@ def _vm_hwm() -> int:
     return 0
 
 
-# ---- measuring a process tree ----------------------------------------------------------------------------------
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def _tree(pid: int) -> list[int]:
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def _memory(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in bytes; (0, 0) once it is gone."""
-    try:
-        rss = pss = 0
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-        return rss, pss
-    except (OSError, ValueError):
-        return 0, 0
-
-
 def measure(args: list[str], pin_malloc: bool) -> dict:
     """Run `python memory.py --child ...` and sample its process tree until it exits."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -221,9 +184,8 @@ def measure(args: list[str], pin_malloc: bool) -> dict:
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, env=env, text=True)
     peak_rss = peak_pss = 0
     while proc.poll() is None:
-        sizes = [_memory(p) for p in _tree(proc.pid)]
-        peak_rss = max(peak_rss, sum(s[0] for s in sizes))
-        peak_pss = max(peak_pss, sum(s[1] for s in sizes))
+        rss, pss = tree_memory(proc.pid)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.05)
     out = proc.stdout.read()
     if proc.returncode:

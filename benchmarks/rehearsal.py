@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helpers, also when a test imports this by path
+from proctree import tree_memory  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 PRESETS = HERE / "rehearsal"
 MODELS = {"clip": "clip-rehearsal", "flava": "flava-rehearsal", "beit3-base": "beit3-base-rehearsal"}
@@ -62,37 +65,9 @@ def registry() -> Any:
 # ---- memory of a process tree --------------------------------------------------------------------------------
 
 
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            out.setdefault(ppid, []).append(int(entry))
-    return out
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def tree_pss_mb(root: int) -> float:
     """PSS of `root` and its descendants (loader workers), in MB."""
-    children, stack, total = _children(), [root], 0
-    while stack:
-        pid = stack.pop()
-        total += _pss_kb(pid)
-        stack.extend(children.get(pid, []))
-    return total / 1024
+    return tree_memory(root)[1] / 2**20
 
 
 class PeakMemory:
