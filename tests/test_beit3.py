@@ -336,9 +336,7 @@ def test_tokenize_returns_ids_and_padding_mask(source):
 
 # ---- contract ----------------------------------------------------------------------------------------------------
 def test_tiny_preset_contract(tiny_cfg):
-    build_model(tiny_cfg)  # the first build pays for imports
-    model = build_model(tiny_cfg)
-    assert model.build_seconds < 1.0, model.build_seconds
+    model = build_model(tiny_cfg)  # build time: benchmarks/build.py (no timed tests)
     assert model.capabilities == Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.CONTRASTIVE
     assert model.feature_dims == {"image": 32, "text": 32, "pair": 32, "embedding": 32}
     out = outputs(model)

@@ -5,7 +5,6 @@ Equality with open-flamingo itself is in test_flamingo_parity.py."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,8 @@ def encode(model: FlamingoWrapper, texts: list[str]) -> tuple[torch.Tensor, torc
 
 
 # ---- contract -------------------------------------------------------------------------------------------------
-def test_tiny_preset_builds_fast_with_the_declared_capabilities():
-    tiny(seed=None)  # imports and first-use costs
-    start = time.perf_counter()
-    model = tiny(seed=None)
-    assert time.perf_counter() - start < 1.0
+def test_tiny_preset_has_the_declared_capabilities():
+    model = tiny(seed=None)  # build time: benchmarks/build.py (no timed tests)
     assert model.capabilities == Capability.IMAGE | Capability.TEXT | Capability.FUSION
     assert Capability.CONTRASTIVE not in model.capabilities
     assert model.feature_dims == {"image": 24, "text": 32, "pair": 32}

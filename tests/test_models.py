@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -32,10 +31,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_tiny_presets_contract(registry, tiny_name):
-    model = build_model(registry.model(tiny_name))
-    start = time.perf_counter()
-    model = build_model(registry.model(tiny_name))  # second build: imports are warm
-    assert time.perf_counter() - start < 1.0, "tiny presets must build in well under a second"
+    model = build_model(registry.model(tiny_name))  # build time: benchmarks/build.py (no timed tests)
     assert not model.training
     size = model.cfg.preprocess.image_size
     pixels = torch.stack([model.image_transform()(Image.new("RGB", (size * 2, size), c)) for c in ("red", "blue")])
