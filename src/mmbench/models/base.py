@@ -24,6 +24,12 @@ from mmbench.schema import ModelConfig, PreprocessConfig
 
 T = TypeVar("T")
 
+# The GENERATE contract's prompt markers (OpenFlamingo's spelling). Protocols write prompts with these; a wrapper
+# whose model spells them otherwise (IDEFICS: `<fake_token_around_image><image><fake_token_around_image>`,
+# `<end_of_utterance>`) translates them in `generate` / `loglikelihood`.
+MEDIA_MARKER = "<image>"  # one image, taken in order from the prompt's images
+CHUNK_END_MARKER = "<|endofchunk|>"  # ends one demonstration; generation stops when the model emits it
+
 
 class Capability(enum.Flag):
     NONE = 0
@@ -115,6 +121,32 @@ class ModelWrapper(nn.Module):
 
     def text_embeddings(self, **tokens: Tensor) -> Tensor:
         raise self._missing(Capability.CONTRASTIVE)
+
+    # ---- generation (GENERATE) -------------------------------------------------------------------------------
+    def generate(
+        self,
+        images: list[Tensor],
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        num_beams: int = 1,
+        min_new_tokens: int = 0,
+        length_penalty: float = 1.0,
+    ) -> list[str]:
+        """Continue each prompt: greedy (`num_beams=1`) or beam search, batched with left padding and the LM's KV
+        cache, stopping at the model's end-of-chunk token or after `max_new_tokens`. `images[i]` is a (T_i, C, H, W)
+        tensor (T_i may be 0) from `image_transform`, one image per `MEDIA_MARKER` of `prompts[i]`, in order.
+        Returns the new text only, special tokens removed, not stripped. A prompt that does not fit the model's
+        context (with `max_new_tokens`) is a `ConfigError` naming its length."""
+        raise self._missing(Capability.GENERATE)
+
+    def loglikelihood(
+        self, images: list[Tensor], prompts: list[str], continuations: list[str], normalize_length: bool = False
+    ) -> Tensor:
+        """(B, C) log-probability of each continuation (tokenized on its own, without special tokens, appended to
+        the prompt's tokens) given prompt i and its images: the sum over its tokens, or their mean with
+        `normalize_length` (OpenFlamingo's class scores). The prompt is encoded once (KV cache) for all C."""
+        raise self._missing(Capability.GENERATE)
 
     def freeze_for_finetuning(self) -> list[str]:
         """Freeze the submodules the preset's `finetune.frozen` names (dotted prefixes, e.g. `vision_encoder`);
