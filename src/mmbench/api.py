@@ -31,7 +31,7 @@ from mmbench.lit.trainer import TrainerOptions
 from mmbench.protocols import RunContext, get_protocol
 from mmbench.results import store
 from mmbench.results.schema import TaskResult, scores_from_metrics
-from mmbench.schema import ModelConfig, TaskConfig
+from mmbench.schema import ModelConfig, TaskConfig, result_name
 
 log = logging.getLogger("mmbench")
 DATA_MODES = ("real", "synthetic")
@@ -109,7 +109,7 @@ def evaluate(
                     continue
                 log.info("[%d/%d] %s x %s", step, total, mcfg.name, tcfg.name)
                 # A read-only or misplaced --output must not cost the work: look before it, naming the result.
-                paths.check_writable(store.result_path(output, mcfg.name, tcfg.name), "result")
+                paths.check_writable(store.result_path(output, mcfg.name, result_name(tcfg)), "result")
                 ctx = RunContext(
                     model_cfg=mcfg,
                     data_root=root,
@@ -126,6 +126,7 @@ def evaluate(
                     artifact_dir=store.artifact_dir(output, mcfg.name),
                     run_key=_run_key(chash, data_fp),
                     fresh=fresh,
+                    resolve_model=lambda name: registry.model(name, {}),  # the --set model.* are not its
                 )
                 result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, data_fp, built)
                 if is_zero:
@@ -158,11 +159,11 @@ def _check_synthetic_options(tasks: list[TaskConfig], data: str) -> None:
 def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp: str | None) -> TaskResult | None:
     """The stored result if it still stands: valid, same config hash, and (unless n/a, which no data can change)
     made on the same data. Repaired or replaced data must be evaluated again, not reported from before."""
-    existing = store.find_complete(output, model, task.name, chash)
+    existing = store.find_complete(output, model, result_name(task), chash)
     if existing is None or existing.status == "n/a":
         return existing
     if data_fp is None or existing.data_fingerprint != data_fp:
-        path = store.result_path(output, model, task.name)
+        path = store.result_path(output, model, result_name(task))
         log.info("%s was computed on other data than %s now holds: running again", path, task.name)
         return None
     return existing
@@ -183,6 +184,8 @@ def _splits_read(task: TaskConfig, synthetic: bool) -> list[str]:
         ft = effective_params(task, synthetic)
         evals = [ft.train_split, ft.val_split or task.data.split, task.data.split, *ft.eval_splits.values()]
         return list(dict.fromkeys([*evals, *ft.predict_splits]))
+    if task.protocol == "incontext":  # demonstrations come from the training split
+        return list(dict.fromkeys([task.incontext.train_split, task.data.split]))
     return [task.data.split]
 
 
@@ -276,7 +279,11 @@ def _run_one(
     except CapabilityError as e:
         log.warning("%s x %s: n/a (%s)", mcfg.name, tcfg.name, e)
         prov = _provenance(ctx, time.perf_counter() - start, built)
-        result = TaskResult(status="n/a", reason=str(e), metrics={}, scores={}, n_samples=0, provenance=prov, **common)
+        # An in-context n/a still says for how many shots, as its file name does.
+        details = {"shots": tcfg.incontext.shots} if tcfg.protocol == "incontext" else {}
+        result = TaskResult(
+            status="n/a", reason=str(e), metrics={}, scores={}, n_samples=0, provenance=prov, details=details, **common
+        )
         return result, _is_global_zero()
     missing = [m for m in tcfg.metrics if m not in out.metrics]
     if missing:

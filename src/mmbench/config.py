@@ -299,6 +299,10 @@ def _check_task(cfg: TaskConfig, where: str) -> None:
     for s in cfg.scores:
         if s not in cfg.metrics:
             raise ConfigError(f"{where}: key 'scores': {s!r} is not among metrics {cfg.metrics}")
+    if cfg.protocol == "incontext":
+        for key in ("demonstration", "query"):
+            if not getattr(cfg.incontext, key):
+                raise ConfigError(f"{where}: key 'incontext.{key}': empty (the prompt format is required)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

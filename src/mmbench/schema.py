@@ -21,7 +21,7 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 DOMAINS = ("language", "vision", "multimodal")
-PROTOCOLS = ("retrieval", "linear_probe", "finetune")
+PROTOCOLS = ("retrieval", "linear_probe", "finetune", "incontext")
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")  # torchvision's
 
 
@@ -238,6 +238,51 @@ class FinetuneParams:
 
 
 @dataclass
+class InContextParams:
+    """Few-shot in-context evaluation of a frozen generative model, as OpenFlamingo's `open_flamingo/eval/evaluate.py`
+    (defaults are its own): per query, `shots` demonstrations from a seeded query set of the training split (or by
+    RICES), an interleaved prompt, then generation (scored on the answer) or log-likelihood of class names.
+
+    Prompts are data: `demonstration` and `query` are format strings over the record fields `{question}`, `{answer}`
+    (VQA: the first reference answer, OpenFlamingo's `answers[0]`), `{text}` (Hateful Memes: the meme's OCR text)
+    and `{class_name}` (`class_names[label]`), with `<image>` and `<|endofchunk|>` markers (`models.base`).
+    """
+
+    shots: int = at_least(4, 0)  # demonstrations per query (OpenFlamingo: 0, 4, 8, 16, 32)
+    # 0 shots: this many demonstrations with their `<image>` markers removed (text only), OpenFlamingo's
+    # `compute_effective_num_shots` following Flamingo; the query keeps its image.
+    zero_shot_text_demos: int = at_least(2, 0)
+    trials: int = at_least(1, 1)  # trial t draws demonstrations with seed `seed + t`; result: per trial, mean, std
+    seed: int = 42  # OpenFlamingo's default trial seed
+    query_set_size: int = at_least(2048, 1)  # demonstrations come from this many seeded training examples
+    train_split: str = "train"
+    demonstrations: str = one_of("random", "random", "rices")
+    # RICES: the preset whose CLIP image embeddings rank training images (OpenFlamingo: open_clip ViT-L-14 openai)
+    rices_model: str = "clip-large"
+    mode: str = one_of("generate", "generate", "loglikelihood")
+    demonstration: str = ""  # one demonstration, e.g. "<image>Question:{question} Short answer:{answer}..."
+    query: str = ""  # the query, ending where the model continues (both required for protocol: incontext)
+    # generate: decoding (OpenFlamingo VQA: 3 beams, 5 new tokens, no minimum, length_penalty 0)
+    max_new_tokens: int = at_least(5, 1)
+    min_new_tokens: int = at_least(0, 0)
+    num_beams: int = at_least(3, 1)
+    length_penalty: float = 0.0
+    postprocess: str = one_of("vqa", "vqa", "none")  # vqa: OpenFlamingo's `postprocess_vqa_generation`
+    # loglikelihood: the candidates, in label order; the score is the mean log-probability per token (OpenFlamingo's
+    # `normalize_length=True`) unless this is False
+    class_names: list[str] = field(default_factory=list)
+    normalize_length: bool = True
+    batch_size: int = at_least(8, 1)  # queries per forward (OpenFlamingo's default)
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if self.mode == "loglikelihood" and len(self.class_names) < 2:
+            return "class_names", "needs at least two class names for mode: loglikelihood"
+        if self.min_new_tokens > self.max_new_tokens:
+            return "min_new_tokens", f"{self.min_new_tokens} is above max_new_tokens {self.max_new_tokens}"
+        return None
+
+
+@dataclass
 class TaskConfig:
     name: str = MISSING
     domain: str = MISSING
@@ -253,3 +298,10 @@ class TaskConfig:
     retrieval: RetrievalParams = field(default_factory=RetrievalParams)
     linear_probe: LinearProbeParams = field(default_factory=LinearProbeParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    incontext: InContextParams = field(default_factory=InContextParams)
+
+
+def result_name(task: TaskConfig) -> str:
+    """The result file's stem: the task name; in-context tasks add the shot count (`vqav2_fewshot-4shot`), so that
+    each number of shots keeps its own result."""
+    return f"{task.name}-{task.incontext.shots}shot" if task.protocol == "incontext" else task.name

@@ -124,6 +124,9 @@ class IndexedStream(IterableDataset):
         self.reader, self.split, self.transform = reader, split, transform
         self.block_size, self.limit = block_size, limit
         self.rank, self.world_size = 0, 1
+        # Blocks a resumed run already has (`mmbench.lit.partial`): not read. Every block keeps its owner, so the
+        # remaining blocks are read exactly as they would have been.
+        self.skip_blocks: frozenset[int] = frozenset()
         # The split's compact index, built here (once, before the loader forks its workers); the records are
         # built and decoded in the workers. A reader without random access is streamed (`samples` with `keep`).
         self.records = reader.random_access(split, limit)
@@ -137,11 +140,14 @@ class IndexedStream(IterableDataset):
         n_parts, part = self.world_size * workers, self.rank * workers + worker
         block = self.block_size
         if self.records is None:
-            keep = lambda i: (i // block) % n_parts == part  # noqa: E731
+            skip = self.skip_blocks
+            keep = lambda i: (i // block) % n_parts == part and i // block not in skip  # noqa: E731
             for rec in self.reader.samples(self.split, limit=self.limit, keep=keep):
                 yield self.transform(rec)
             return
         n = len(self.records)
         for start in range(part * block, n, n_parts * block):  # this part's blocks only: the others are not read
+            if start // block in self.skip_blocks:
+                continue
             for i in range(start, min(start + block, n)):
                 yield self.transform(self.records[i])

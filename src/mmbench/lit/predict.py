@@ -31,7 +31,12 @@ class IndexedPredictor(L.LightningModule):
         self._chunks = []
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = {k: v.detach().float() for k, v in self.fn(self.model, batch).items()}
+        # Floats travel as float32; integer outputs (ids, labels, bytes) keep their type, so an id above 2**24
+        # survives the gather exactly.
+        out = {
+            k: v.detach().float() if v.is_floating_point() else v.detach()
+            for k, v in self.fn(self.model, batch).items()
+        }
         out["index"] = batch["index"]
         self._chunks.append(out)
 

@@ -202,3 +202,11 @@ def write_submission(path: str | Path, question_ids: list[int], predicted: list[
         seen.add(qid)
     rows = [{"question_id": int(q), "answer": str(a)} for q, a in zip(question_ids, predicted)]
     return atomic_write_text(path, json.dumps(rows))
+
+
+def postprocess_generation(text: str) -> str:
+    """OpenFlamingo's `postprocess_vqa_generation` (open_flamingo/eval/vqa_metric.py): a generated answer is cut
+    at the first "Question", "Answer" or "Short" (the model starting the next demonstration) and at the first
+    ", "; the official normalisation is `question_accuracy`'s."""
+    answer = re.split("Question|Answer|Short", text, maxsplit=1)[0]
+    return re.split(", ", answer, maxsplit=1)[0]

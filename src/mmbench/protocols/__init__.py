@@ -14,6 +14,7 @@ PROTOCOLS: dict[str, str] = {
     "retrieval": "mmbench.protocols.retrieval:run",
     "finetune": "mmbench.protocols.finetune:run",
     "linear_probe": "mmbench.protocols.linear_probe:run",
+    "incontext": "mmbench.protocols.incontext:run",
 }
 
 

@@ -33,6 +33,8 @@ class RunContext:
     artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
     run_key: str | None = None  # the result's config hash: names resumable state (fine-tuning checkpoints)
     fresh: bool = False  # discard resumable state (fine-tuning run folders) instead of resuming from it
+    # A preset name -> its config, through the run's registry: protocols that need a second model (RICES's CLIP)
+    resolve_model: Callable[[str], ModelConfig] | None = None
     _model: ModelWrapper | None = field(default=None, repr=False)
 
     def model(self, fresh: bool = False) -> ModelWrapper:

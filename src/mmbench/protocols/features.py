@@ -47,11 +47,16 @@ class SplitFeatures:
     labels: Tensor  # (N,) int64
 
 
-def feature_key(ctx: RunContext, reader: Reader, split: str, weights: str) -> tuple[str, dict[str, Any]]:
+FEATURE_KINDS = ("image_features", "image_embeddings")  # pooled (linear probe) | contrastive, normalised (RICES)
+
+
+def feature_key(
+    ctx: RunContext, reader: Reader, split: str, weights: str, kind: str = "image_features"
+) -> tuple[str, dict[str, Any]]:
     """(hex digest, the parts it hashes); the parts are stored beside the features for inspection."""
     parts = {
         "feature_version": FEATURE_VERSION,
-        "features": "image_features",
+        "features": kind,
         "weights": weights,
         "preprocess": {"wrapper": ctx.model_cfg.wrapper, **to_dict(ctx.model_cfg.preprocess)},
         "precision": ctx.trainer.precision or "32-true",
@@ -140,12 +145,20 @@ class _ToItem:
         self.transform = transform
 
     def __call__(self, rec: dict[str, Any]) -> dict[str, Any]:
-        return {"index": rec["index"], "pixel_values": self.transform(rec["image"]), "label": rec["label"]}
+        label = -1 if rec["label"] is None else rec["label"]  # unlabelled records (VQA) embed all the same
+        return {"index": rec["index"], "pixel_values": self.transform(rec["image"]), "label": label}
 
 
-def _image_features(model: ModelWrapper, batch: dict[str, Any]) -> dict[str, Tensor]:
-    # Labels ride along with the features so that they are gathered and de-duplicated by the same index.
-    return {"features": model.image_features(batch["pixel_values"]), "label": batch["label"]}  # (B, D), (B,)
+class _Features:
+    """`kind` of a batch's images; a class so that the kind is part of the predictor, not a global."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __call__(self, model: ModelWrapper, batch: dict[str, Any]) -> dict[str, Tensor]:
+        # Labels ride along with the features so that they are gathered and de-duplicated by the same index.
+        feats = getattr(model, self.kind)(batch["pixel_values"])  # (B, D)
+        return {"features": feats, "label": batch["label"]}
 
 
 @dataclass
@@ -156,11 +169,14 @@ class Extraction:
     cache_error: str | None = None  # why an entry could not be written ("<path>: <reason>")
 
 
-def load_or_extract(ctx: RunContext, reader: Reader, splits: list[str], batch_size: int) -> Extraction:
-    """Features of every split: from the cache where present, else extracted under one Trainer (and cached)."""
+def load_or_extract(
+    ctx: RunContext, reader: Reader, splits: list[str], batch_size: int, kind: str = "image_features"
+) -> Extraction:
+    """Features of every split: from the cache where present, else extracted under one Trainer (and cached).
+    `kind`: `image_features` (pooled, the linear probe's) or `image_embeddings` (contrastive, L2-normalised)."""
     cache = FeatureCache(ctx.cache_dir)
     weights = weights_fingerprint(ctx.model_cfg, memo_dir=ctx.cache_dir)
-    keys = {s: feature_key(ctx, reader, s, weights) if weights else None for s in splits}
+    keys = {s: feature_key(ctx, reader, s, weights, kind) if weights else None for s in splits}
     found = {s: cache.load(k[0]) for s, k in keys.items() if k is not None}
     missing = [s for s in splits if found.get(s) is None]
     status = {s: "hit" for s in splits if s not in missing}
@@ -174,9 +190,9 @@ def load_or_extract(ctx: RunContext, reader: Reader, splits: list[str], batch_si
     model = ctx.model()
     if weights is None:  # the build just fetched the weights: now they can be named
         weights = weights_fingerprint(ctx.model_cfg, memo_dir=ctx.cache_dir)
-        keys = {s: feature_key(ctx, reader, s, weights) if weights else None for s in splits}
+        keys = {s: feature_key(ctx, reader, s, weights, kind) if weights else None for s in splits}
     trainer = make_trainer(ctx.trainer)
-    predictor = IndexedPredictor(model, _image_features)
+    predictor = IndexedPredictor(model, _Features(kind))
     to_item = _ToItem(model.image_transform(train=False))
     for split in missing:
         stream = IndexedStream(reader, split, to_item, batch_size, limit=ctx.limit)

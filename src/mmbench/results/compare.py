@@ -118,14 +118,14 @@ def compare(a: str | Path, b: str | Path, tol: float = 0.0, subset: bool = False
 def _results(folder: Path) -> dict[tuple[str, str], TaskResult]:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such results folder")
-    found = {(r.model, r.task): r for r in store.read_all(folder)}
+    found = {(r.model, store.name_of(r)): r for r in store.read_all(folder)}
     if not found:
         raise DataError(f"{folder}: no results in it (expected {folder}/runs/<model>/<task>.json)")
     return found
 
 
 def _pair(ra: TaskResult, rb: TaskResult, tol: float) -> list[ScoreDiff]:
-    model, task = ra.model, ra.task
+    model, task = ra.model, store.name_of(ra)
     if ra.config_hash != rb.config_hash:
         detail = f"{ra.config_hash} vs {rb.config_hash}: made with different settings"
         return [ScoreDiff(model, task, "", None, None, "config differs", detail)]

@@ -13,8 +13,9 @@ from mmbench.results.schema import TaskResult
 log = logging.getLogger("mmbench")
 
 
-def result_path(output: Path, model: str, task: str) -> Path:
-    return Path(output) / "runs" / model / f"{task}.json"
+def result_path(output: Path, model: str, name: str) -> Path:
+    """`name`: the task's result name (`mmbench.schema.result_name`: the task, plus `-<k>shot` for in-context)."""
+    return Path(output) / "runs" / model / f"{name}.json"
 
 
 def artifact_dir(output: Path, model: str) -> Path:
@@ -23,10 +24,18 @@ def artifact_dir(output: Path, model: str) -> Path:
     return Path(output) / "artifacts" / model
 
 
+def name_of(result: TaskResult) -> str:
+    """The result's name, as `mmbench.schema.result_name` gives it for its task: in-context results add their shots
+    (kept in `details`), so that `vqav2_fewshot` at 0 and at 4 shots are two results."""
+    if result.protocol == "incontext" and "shots" in result.details:
+        return f"{result.task}-{result.details['shots']}shot"
+    return result.task
+
+
 def write(output: Path, result: TaskResult) -> Path:
     """Write via a temporary file in the same folder and `os.replace`, so a crash never leaves half a file."""
     text = json.dumps(result.to_json(), indent=2, sort_keys=False, allow_nan=False) + "\n"  # strict JSON
-    return atomic_write_text(result_path(output, result.model, result.task), text)
+    return atomic_write_text(result_path(output, result.model, name_of(result)), text)
 
 
 def read(path: Path) -> TaskResult:
@@ -42,11 +51,11 @@ def read(path: Path) -> TaskResult:
     return TaskResult.from_json(data, str(path))
 
 
-def find_complete(output: Path, model: str, task: str, config_hash: str) -> TaskResult | None:
+def find_complete(output: Path, model: str, name: str, config_hash: str) -> TaskResult | None:
     """The stored result for (model, task) if it is valid and was made with the same config hash. An invalid one
     (damaged, hand-edited, an unreadable schema) is reported and treated as absent: the task runs again and
     overwrites it. Whether the data are still the same is the caller's question (`TaskResult.data_fingerprint`)."""
-    path = result_path(output, model, task)
+    path = result_path(output, model, name)
     if not path.is_file():
         return None
     try:
