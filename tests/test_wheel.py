@@ -80,7 +80,7 @@ def test_installed_wheel_imports_from_the_target_and_ships_the_registry(installe
     assert Path(root) == installed / "mmbench" / "registry" and packaged == "True"
 
 
-def test_installed_mmbench_lists_every_preset_and_the_35_tasks_from_outside_the_checkout(installed, tmp_path):
+def test_installed_mmbench_lists_every_preset_and_task_from_outside_the_checkout(installed, tmp_path):
     cwd = _outside(tmp_path)
     models = _mmbench(installed, "list", "models", cwd=cwd)
     assert models.returncode == 0, models.stderr
@@ -88,7 +88,8 @@ def test_installed_mmbench_lists_every_preset_and_the_35_tasks_from_outside_the_
     assert listed == sorted(p.stem for p in (REPO / "models").glob("*.yaml"))
     tasks = _mmbench(installed, "list", "tasks", cwd=cwd)
     assert tasks.returncode == 0, tasks.stderr
-    assert len(tasks.stdout.splitlines()) == 35
+    listed = sorted(line.split()[0] for line in tasks.stdout.splitlines())
+    assert listed == sorted(p.stem for p in (REPO / "tasks").glob("*/*.yaml") if not p.stem.startswith("_"))
     groups = _mmbench(installed, "list", "groups", cwd=cwd)
     assert "flava35       35 tasks" in groups.stdout
 
