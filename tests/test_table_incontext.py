@@ -341,7 +341,7 @@ def test_bad_incontext_results_name_the_file_and_key(tmp_path):
     first = _write(tmp_path / "c", _icl("flamingo", "vqav2_fewshot", 4, [40.0]))
     second = first.with_name("vqav2_fewshot-4shot-copy.json")
     shutil.copy(first, second)
-    with pytest.raises(DataError, match=r"a second 'flamingo' result for vqav2_fewshot random 4 shots") as err:
+    with pytest.raises(DataError, match=r"a second 'flamingo' result for vqav2_fewshot \(random, 4 shots\)") as err:
         render(tmp_path / "c")
     assert str(first) in str(err.value) and str(second) in str(err.value)  # both files named
 

@@ -23,9 +23,9 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmbench.errors import DataError
+from mmbench.errors import ConfigError, DataError
 from mmbench.results.cells import NA, NOT_RUN, fmt, md
-from mmbench.results.layout import IncontextLayout, IncontextRow, ReportedIncontext
+from mmbench.results.layout import INCONTEXT_FILE, IncontextLayout, IncontextRow, ReportedIncontext
 from mmbench.results.schema import TaskResult
 
 INCONTEXT = "incontext"  # TaskResult.protocol of few-shot results
@@ -90,31 +90,31 @@ def render_section(
     if not runs:
         return None
     if layout is None:
-        raise DataError(f"{runs[0].path}: an in-context result, but no incontext.yaml lays out the in-context table")
+        raise ConfigError(f"{runs[0].path}: an in-context result, but no {INCONTEXT_FILE} lays out its table")
     tasks = _tasks(runs, layout)
-    reference: dict[str, _Row] = {}
-    other: dict[str, _Row] = {}
+    by_header: dict[bool, dict[str, _Row]] = {True: {}, False: {}}  # reference-grade or not -> header -> row
     for run in runs:
-        rows = reference if run.reference else other
+        rows = by_header[run.reference]
         _add(rows.setdefault(run.header, _Row(run.header)), run, tasks, layout)
+    reference, other = ([rows[h] for h in sorted(rows)] for rows in (by_header[True], by_header[False]))
     papers = [_reported_row(rep) for rep in reported]
     md_lines = [f"## {HEADING}", "", *_preamble(layout)]
-    md_lines += _markdown(layout, tasks, [reference[h] for h in sorted(reference)], papers)
+    md_lines += _markdown(layout, tasks, reference, papers)
     if reported:
         md_lines += ["", "Reported rows (numbers and spread as the source prints them):", ""]
         md_lines += [
             f"- {md(rep.name)}: {md(rep.source)}." + (f" {md(rep.note)}" if rep.note else "") for rep in reported
         ]
-    rows = _csv_rows("incontext", layout, tasks, [reference[h] for h in sorted(reference)], papers)
+    csv_rows = _csv_rows("incontext", layout, tasks, reference, papers)
     if other:
         md_lines += ["", f"## {OTHER_HEADING}", ""]
         md_lines += ["For smoke tests and demos: these numbers show that the pipeline runs, not how good a model is."]
-        md_lines += _markdown(layout, tasks, [other[h] for h in sorted(other)], [])
-        rows += _csv_rows("incontext_not_comparable", layout, tasks, [other[h] for h in sorted(other)], [])
+        md_lines += _markdown(layout, tasks, other, [])
+        csv_rows += _csv_rows("incontext_not_comparable", layout, tasks, other, [])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
-    writer.writerows(rows)
+    writer.writerows(csv_rows)
     return Section(markdown=md_lines, csv=buf.getvalue())
 
 
@@ -128,8 +128,8 @@ def _preamble(layout: IncontextLayout) -> list[str]:
         "- A measured cell is the mean over trials (seeds), printed `mean ± std` with two or more trials; std is the "
         "sample standard deviation (ddof=1).",
         f"- `{NA}`: the model cannot do the task (reason in the notes); `{NOT_RUN}`: not run.",
-        "- Measured rows here are reference-grade only (real data, the full split, real weights); anything else is in "
-        "a separate section below.",
+        "- Measured rows here are reference-grade only (real data, the full split, real weights); anything else goes "
+        "to a separate section.",
     ]
 
 
@@ -159,9 +159,9 @@ def _add(row: _Row, run: Run, tasks: list[IncontextRow], layout: IncontextLayout
         raise DataError(f"{path}: key 'details.demonstrations': {demo!r} is not one of {known} ({layout.path.name})")
     key = (res.task, demo, shots)
     if key in row.paths:
+        which = f"{res.task} ({demo or 'any selection'}, {'every shot count' if shots is None else f'{shots} shots'})"
         raise DataError(
-            f"{path}: a second {row.header!r} result for {res.task} {demo} {shots} shots (the other is "
-            f"{row.paths[key]}); remove one"
+            f"{path}: a second {row.header!r} result for {which} (the other is {row.paths[key]}); remove one"
         )
     row.paths[key] = path
     if res.status != "ok":
