@@ -62,7 +62,8 @@ def test_layout_rows_are_the_fixed_task_and_score_names_in_table4_order():
 
 
 def test_every_layout_row_has_a_number_in_each_reported_file():
-    files = sorted(REPORTED.glob("*.json"))
+    # files with Table-4 numbers; openflamingo-4b.json holds only few-shot numbers (tests/test_table_incontext.py)
+    files = sorted(p for p in REPORTED.glob("*.json") if "scores" in json.loads(p.read_text()))
     assert [p.stem for p in files] == ["clip-400m", "clip-pmd", "flava"]
     for path in files:
         scores = json.loads(path.read_text())["scores"]

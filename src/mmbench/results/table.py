@@ -2,8 +2,8 @@
 
 Public functions (pure; the CLI `mmbench table [--results DIR] [--out FILE] [--check]` only calls them):
 
-    board = render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard   # .markdown, .csv
-    write(board, out_md: Path) -> None            # LEADERBOARD.md and LEADERBOARD.csv beside it, atomically
+    board = render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard  # .markdown .csv .incontext_csv
+    write(board, out_md: Path) -> None            # LEADERBOARD.md, LEADERBOARD.csv (+ -incontext.csv) beside it
     check(board, out_md: Path) -> list[str]       # differences from the committed files; [] when equal
     domain_averages(scores_by_task, layout) -> {"language": x | None, "vision": ..., "multimodal": ..., "macro": ...}
 
@@ -16,6 +16,10 @@ comparable, one column per (model, data source, limit, random init), so a smoke-
 real one. A measured number from another split than a reported column's (VQAv2: val2014 here, test-dev2015 in
 the paper), or beside one whose split the source does not state, carries a note saying so. The output is
 deterministic (sorted columns, no paths, times or dates) so that CI can diff it.
+
+Results of protocol `incontext` (few-shot, one file per shot count) never enter Table 4 or its averages: they go to
+an in-context section after it (`incontext_table`), rendered only when such results exist, whose CSV is a second
+file, `LEADERBOARD-incontext.csv`, so that LEADERBOARD.csv keeps its columns for its readers.
 Malformed inputs raise `DataError` / `ConfigError` naming the file and key.
 """
 
@@ -27,18 +31,24 @@ import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from mmbench.errors import DataError
 from mmbench.paths import atomic_write_text
-from mmbench.results import store
-from mmbench.results.layout import Layout, Reported, layout_of, load_reported, reported_dirs
+from mmbench.results import incontext_table, store
+from mmbench.results.cells import NA, NOT_RUN, fmt, md  # NA in `scores_by_task`: a task the model cannot do
+from mmbench.results.layout import (
+    Layout,
+    Reported,
+    incontext_layout_of,
+    layout_of,
+    load_reported,
+    load_reported_incontext,
+    reported_dirs,
+)
 from mmbench.results.schema import TaskResult
 
-NA = "n/a"  # the value of a task the model cannot do in `scores_by_task`; it counts 0
 MACRO = "macro"
-NOT_RUN = "—"
 # The paper averaged unrounded per-task numbers and printed them to 2 decimals; averaging the printed numbers
 # lands within 0.01 of its averages (its last digit is sometimes rounded, sometimes truncated: see tests).
 PAPER_TOLERANCE = 0.01
@@ -50,6 +60,12 @@ _MAX_DIFF_LINES = 10
 class Leaderboard:
     markdown: str
     csv: str
+    incontext_csv: str = ""  # "" when there are no in-context results (and so no in-context section)
+
+
+def incontext_csv_path(out_md: Path) -> Path:
+    """Where the in-context section's CSV goes beside `out_md`: LEADERBOARD-incontext.csv."""
+    return Path(out_md).with_name(f"{Path(out_md).stem}-incontext.csv")
 
 
 def domain_averages(scores_by_task: Mapping[str, Mapping[str, float] | str], layout: Layout) -> dict[str, float | None]:
@@ -105,18 +121,21 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
     layout = layout_of(sources)
     reference: dict[str, _Column] = {}
     other: dict[tuple, _Column] = {}
-    for root in (results_dir, results_dir / "synthetic"):
-        for res in store.read_all(root):
-            path = store.result_path(root, res.model, res.task)
-            _validate(res, path, layout)
-            if root == results_dir and res.is_reference_grade:
-                col = reference.setdefault(res.model, _Column(res.model))
-            else:
-                key = (res.model, res.data_source, -1 if res.limit is None else res.limit, res.random_init)
-                col = other.setdefault(key, _Column(_other_header(res)))
-                if res.task in col.scores:  # the same run kind in runs/ and synthetic/runs/
-                    raise DataError(f"{path}: a second {col.header!r} result for task {res.task!r}; remove one")
-            _add(col, res)
+    incontext: list[incontext_table.Run] = []
+    for root, path, res in _read_runs(results_dir):
+        if res.protocol == incontext_table.INCONTEXT:
+            grade = root == results_dir and res.is_reference_grade
+            incontext.append(incontext_table.Run(path, res, grade, res.model if grade else _other_header(res)))
+            continue
+        _validate(res, path, layout)
+        if root == results_dir and res.is_reference_grade:
+            col = reference.setdefault(res.model, _Column(res.model))
+        else:
+            key = (res.model, res.data_source, -1 if res.limit is None else res.limit, res.random_init)
+            col = other.setdefault(key, _Column(_other_header(res)))
+            if res.task in col.scores:  # the same run kind in runs/ and synthetic/runs/
+                raise DataError(f"{path}: a second {col.header!r} result for task {res.task!r}; remove one")
+        _add(col, res)
     measured = [reference[m] for m in sorted(reference)]
     reported = load_reported(sources, layout)
     papers = [_reported_column(r, layout) for r in reported]
@@ -145,14 +164,27 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     writer.writerows(rows)
-    return Leaderboard(markdown="\n".join(md) + "\n", csv=buf.getvalue())
+    incontext_layout = incontext_layout_of(sources)
+    section = incontext_table.render_section(
+        incontext, incontext_layout, load_reported_incontext(sources, incontext_layout)
+    )
+    if section is None:
+        return Leaderboard(markdown="\n".join(md) + "\n", csv=buf.getvalue())
+    md += ["", *section.markdown]
+    return Leaderboard(markdown="\n".join(md) + "\n", csv=buf.getvalue(), incontext_csv=section.csv)
 
 
 def write(leaderboard: Leaderboard, out_md: Path) -> None:
-    """Write `out_md` and the CSV beside it (same stem), each via a temporary file and `os.replace`."""
+    """Write `out_md` and the CSV beside it (same stem), each via a temporary file and `os.replace`; the
+    in-context CSV too when there is an in-context section, and otherwise remove one left by an earlier render (it
+    would describe results that are gone)."""
     out_md = Path(out_md)
     atomic_write_text(out_md, leaderboard.markdown)
     atomic_write_text(out_md.with_suffix(".csv"), leaderboard.csv)
+    if leaderboard.incontext_csv:
+        atomic_write_text(incontext_csv_path(out_md), leaderboard.incontext_csv)
+    else:
+        incontext_csv_path(out_md).unlink(missing_ok=True)
 
 
 def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
@@ -166,7 +198,25 @@ def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
         committed = path.read_text()
         if committed != fresh:
             problems += _line_differences(path, committed.splitlines(), fresh.splitlines())
+    path = incontext_csv_path(out_md)
+    if leaderboard.incontext_csv:
+        if not path.is_file():
+            problems.append(f"{path}: missing; run `mmbench table` to create it")
+        elif path.read_text() != leaderboard.incontext_csv:
+            problems += _line_differences(path, path.read_text().splitlines(), leaderboard.incontext_csv.splitlines())
+    elif path.is_file():
+        problems.append(f"{path}: a fresh render has no in-context results; run `mmbench table` to remove it")
     return problems
+
+
+def _read_runs(results_dir: Path) -> list[tuple[Path, Path, TaskResult]]:
+    """(root, file, result) of every result in `<results_dir>/runs/` and `<results_dir>/synthetic/runs/`, sorted by
+    file. The file is read off the disk rather than rebuilt from (model, task), because an in-context result's file
+    name also carries its shot count."""
+    out = []
+    for root in (results_dir, results_dir / "synthetic"):
+        out += [(root, path, store.read(path)) for path in sorted((root / "runs").glob("*/*.json"))]
+    return out
 
 
 def _validate(res: TaskResult, path: Path, layout: Layout) -> None:
@@ -315,31 +365,25 @@ def _cell(col: _Column, line: _Line) -> tuple[str, str]:
     """(text, n/a reason) of one cell."""
     if line.part == "average":
         value = col.averages.get(line.domain)
-        return (NOT_RUN, "") if value is None else (_fmt(value), "")
+        return (NOT_RUN, "") if value is None else (fmt(value), "")
     got = col.scores.get(line.task)
     if got is None:
         return NOT_RUN, ""
     if isinstance(got, str):
         return NA, col.reasons.get(line.task, "")
-    return (_fmt(got[line.score]), "") if line.score in got else (NOT_RUN, "")
-
-
-def _fmt(value: float) -> str:
-    # Half-up on the shortest decimal repr, so 78.125 prints 78.13 as a reader expects (format() gives 78.12).
-    text = str(Decimal(repr(float(value))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
-    return "0.00" if text == "-0.00" else text
+    return (fmt(got[line.score]), "") if line.score in got else (NOT_RUN, "")
 
 
 def _markdown_table(layout: Layout, columns: list[_Column]) -> list[str]:
-    out = ["| Task | Metric | " + " | ".join(_md(c.header) for c in columns) + " |"]
+    out = ["| Task | Metric | " + " | ".join(md(c.header) for c in columns) + " |"]
     out.append("|---|---|" + "---:|" * len(columns))
     notes: dict[str, int] = {}  # "column: reason" -> footnote number, in order of first appearance
     blank = " |" * len(columns)
     for line in _lines(layout, columns):
         if line.part == "heading":
-            out.append(f"| **{_md(line.label)}** | |{blank}")
+            out.append(f"| **{md(line.label)}** | |{blank}")
         elif line.part == "other-heading":
-            out.append(f"| *{_md(line.label)}* | |{blank}")
+            out.append(f"| *{md(line.label)}* | |{blank}")
         else:
             cells = []
             for col in columns:
@@ -349,9 +393,9 @@ def _markdown_table(layout: Layout, columns: list[_Column]) -> list[str]:
                     n = notes.setdefault(note, len(notes) + 1)
                     text = f"{text} [{n}]"
                 cells.append(text)
-            out.append(f"| {_md(line.label)} | {_md(line.metric)} | " + " | ".join(_md(c) for c in cells) + " |")
+            out.append(f"| {md(line.label)} | {md(line.metric)} | " + " | ".join(md(c) for c in cells) + " |")
     if notes:
-        out += ["", "Notes:", ""] + [f"- [{n}] {_md(text)}" for text, n in notes.items()]
+        out += ["", "Notes:", ""] + [f"- [{n}] {md(text)}" for text, n in notes.items()]
     return out
 
 
@@ -373,10 +417,6 @@ def _csv_rows(table: str, layout: Layout, columns: list[_Column]) -> list[list[s
 
 def _split_note(col: _Column, line: _Line, text: str) -> str:
     return col.split_notes.get(line.task, "") if line.part == "table4" and text not in (NOT_RUN, NA) else ""
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _line_differences(path: Path, committed: list[str], fresh: list[str]) -> list[str]:
