@@ -59,16 +59,12 @@ def _icl(model: str, task: str, shots: int, trials: list[float] | None, demonstr
 
 
 def _write(out: Path, res: TaskResult) -> Path:
-    """Through the real writer, into the protocol's file name `<task>-<shots>shot.json` (`-rices` added for RICES
-    demonstrations, so that they do not overwrite random ones of the same shot count): until `store.result_path`
-    names them itself (the protocol's branch), the file it wrote is renamed. The table reads the shot count and the
-    selection from the result, never from the file name."""
+    """Through the real writer, which names the file `<task>-<shots>shot[-rices].json`; the table reads the shot
+    count and the selection from the result, never from the file name."""
     path = store.write(out, res)
     rices = "-rices" if res.details.get("demonstrations") == "rices" else ""
-    want = path.with_name(f"{res.task}-{res.details['shots']}shot{rices}.json")
-    if path != want:
-        path.replace(want)
-    return want
+    assert path.name == f"{res.task}-{res.details['shots']}shot{rices}.json"
+    return path
 
 
 def _table4_result(model: str, task: str, value: float) -> TaskResult:

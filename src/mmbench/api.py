@@ -280,7 +280,9 @@ def _run_one(
         log.warning("%s x %s: n/a (%s)", mcfg.name, tcfg.name, e)
         prov = _provenance(ctx, time.perf_counter() - start, built)
         # An in-context n/a still says for how many shots, as its file name does.
-        details = {"shots": tcfg.incontext.shots} if tcfg.protocol == "incontext" else {}
+        details = {}
+        if tcfg.protocol == "incontext":
+            details = {"shots": tcfg.incontext.shots, "demonstrations": tcfg.incontext.demonstrations}
         result = TaskResult(
             status="n/a", reason=str(e), metrics={}, scores={}, n_samples=0, provenance=prov, details=details, **common
         )

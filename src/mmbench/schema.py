@@ -302,6 +302,10 @@ class TaskConfig:
 
 
 def result_name(task: TaskConfig) -> str:
-    """The result file's stem: the task name; in-context tasks add the shot count (`vqav2_fewshot-4shot`), so that
-    each number of shots keeps its own result."""
-    return f"{task.name}-{task.incontext.shots}shot" if task.protocol == "incontext" else task.name
+    """The result file's stem: the task name; in-context tasks add the shot count and RICES (`vqav2_fewshot-4shot`,
+    `vqav2_fewshot-4shot-rices`), so that each number of shots and each way of choosing demonstrations keeps its
+    own result."""
+    if task.protocol != "incontext":
+        return task.name
+    rices = "-rices" if task.incontext.demonstrations == "rices" else ""
+    return f"{task.name}-{task.incontext.shots}shot{rices}"
