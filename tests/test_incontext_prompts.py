@@ -89,6 +89,34 @@ def test_hateful_memes_prompt_is_openflamingos(registry):
     )
 
 
+@pytest.mark.parametrize("task", ["coco_fewshot", "flickr30k_fewshot"])
+def test_caption_prompt_is_openflamingos(registry, task):
+    demo, query, names = _templates(registry, task)
+    demos = [{"index": 0, "captions": [" A dog runs on the beach. ", "a dog"]}, {"index": 1, "captions": ["Two cats."]}]
+    prompt = build_prompt(demos, {"index": 5, "captions": ["hidden"]}, demo, query, names, text_only_demos=False)
+    assert (
+        prompt
+        == "<image>Output:A dog runs on the beach.<|endofchunk|>\n<image>Output:Two cats.<|endofchunk|>\n<image>Output:"
+    )
+
+
+def test_the_query_never_shows_its_own_target(registry):
+    """A template that (by mistake) names the answer field still cannot leak the query's answer or label."""
+    prompt = build_prompt([], {"index": 0, "text": "q?", "answers": ["secret"], "label": 1}, "",
+                          "{question}{answer}{class_name}", ["no", "yes"], text_only_demos=False)  # fmt: skip
+    assert prompt == "q?"
+
+
+def test_caption_postprocessing_is_openflamingos():
+    from mmbench.protocols.incontext import postprocess_caption
+
+    # open_flamingo/eval/coco_metric.py imports pycocotools at module level, so its one-liner is written out here:
+    # `predictions.split("Output", 1)[0]`, then evaluate_captioning's `.replace('"', "")`.
+    cases = {"a dog Output: a cat": "a dog ", 'the "big" dog': "the big dog", "x": "x"}
+    for text, want in cases.items():
+        assert postprocess_caption(text) == want
+
+
 @pytest.mark.parametrize("shots", [0, 4, 8, 16, 32])
 def test_effective_shots_follow_openflamingo(shots):
     utils = _open_flamingo_eval("utils")
@@ -104,8 +132,8 @@ def test_answer_postprocessing_is_openflamingos():
 
 
 def test_unknown_template_field_names_the_key():
-    with pytest.raises(ConfigError, match=r"key 'incontext.query': unknown field \{caption\}"):
-        template_fields("<image>Output:{caption}", "incontext.query")
+    with pytest.raises(ConfigError, match=r"key 'incontext.query': unknown field \{ocr\}"):
+        template_fields("<image>is an image with: '{ocr}' written on it.", "incontext.query")
     assert template_fields("<image>Question:{question} Short answer:{answer}", "k") == ["question", "answer"]
 
 

@@ -267,7 +267,8 @@ class InContextParams:
     min_new_tokens: int = at_least(0, 0)
     num_beams: int = at_least(3, 1)
     length_penalty: float = 0.0
-    postprocess: str = one_of("vqa", "vqa", "none")  # vqa: OpenFlamingo's `postprocess_vqa_generation`
+    # vqa: OpenFlamingo's `postprocess_vqa_generation`; caption: its `postprocess_captioning_generation`, quotes removed
+    postprocess: str = one_of("vqa", "vqa", "caption", "none")
     # loglikelihood: the candidates, in label order; the score is the mean log-probability per token (OpenFlamingo's
     # `normalize_length=True`) unless this is False
     class_names: list[str] = field(default_factory=list)

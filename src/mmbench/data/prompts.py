@@ -28,7 +28,7 @@ from mmbench.data.base import Record
 from mmbench.errors import ConfigError, DataError
 from mmbench.models.base import MEDIA_MARKER
 
-PROMPT_FIELDS = ("question", "answer", "text", "class_name")
+PROMPT_FIELDS = ("question", "answer", "text", "class_name", "caption")
 
 
 def template_fields(template: str, key: str) -> list[str]:
@@ -44,7 +44,8 @@ def template_fields(template: str, key: str) -> list[str]:
 
 
 def record_fields(rec: Record, class_names: Sequence[str]) -> dict[str, str]:
-    """A record's prompt fields. `answer` is the first reference answer (OpenFlamingo's `answers[0]`)."""
+    """A record's prompt fields. `answer` is the first reference answer (OpenFlamingo's `answers[0]`), `caption` the
+    first reference caption, stripped (its `sentences[0]["raw"].strip()`)."""
     answers = rec.get("answers") or []
     label = rec.get("label")
     class_name = ""
@@ -53,7 +54,14 @@ def record_fields(rec: Record, class_names: Sequence[str]) -> dict[str, str]:
             raise DataError(f"record {rec.get('index')}: label {label} has no class name in {list(class_names)}")
         class_name = class_names[label]
     text = rec.get("text") or ""
-    return {"question": text, "answer": answers[0] if answers else "", "text": text, "class_name": class_name}
+    captions = rec.get("captions") or []
+    return {
+        "question": text,
+        "answer": answers[0] if answers else "",
+        "text": text,
+        "class_name": class_name,
+        "caption": captions[0].strip() if captions else "",
+    }
 
 
 def effective_shots(shots: int, zero_shot_text_demos: int) -> int:
@@ -78,6 +86,7 @@ def build_prompt(
     text_only_demos: bool,
 ) -> str:  # fmt: skip
     """The demonstrations' strings joined, then the query's (its class name blank: the model is to say it)."""
+    query = {**query, "label": None, "answers": [], "captions": []}  # nothing of the query's target in its prompt
     context = "".join(demonstration.format(**record_fields(d, class_names)) for d in demos)
     if text_only_demos:  # OpenFlamingo's 0-shot: "Keep the text but remove the image tags"
         context = context.replace(MEDIA_MARKER, "")
@@ -125,7 +134,7 @@ class PromptBuilder:
             "index": rec["index"],
             "prompt": prompt,
             "images": images,
-            "answers": list(rec.get("answers") or []),
+            "answers": list(rec.get("answers") or rec.get("captions") or []),  # VQA answers | reference captions
             "answer_type": rec.get("answer_type", ""),
             "label": -1 if rec.get("label") is None else int(rec["label"]),
             "question_id": rec.get("question_id", rec["index"]),

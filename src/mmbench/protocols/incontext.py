@@ -16,6 +16,7 @@ most a minute of work; `--fresh` starts over.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import statistics
@@ -34,13 +35,16 @@ from mmbench.lit.trainer import make_trainer
 from mmbench.metrics import classification
 from mmbench.metrics.vqa import ANSWER_TYPES, postprocess_generation, question_accuracy
 from mmbench.models.base import Capability, ModelWrapper
-from mmbench.paths import atomic_save
+from mmbench.paths import atomic_save, atomic_write_text
 from mmbench.protocols.base import ProtocolOutput, RunContext
 from mmbench.schema import InContextParams, TaskConfig
 
 log = logging.getLogger("mmbench")
 
-ANSWER_BYTES = 128  # a generated answer travels between ranks as this many UTF-8 bytes (VQA answers: a few words)
+# Text travels between ranks as fixed-width UTF-8 bytes: a generated answer or caption (at most 20 tokens) and a
+# caption task's references (COCO: 5-7 captions of ~50 characters).
+ANSWER_BYTES = 256
+REFERENCE_BYTES = 2048
 
 
 def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
@@ -131,7 +135,7 @@ def _trial(
     if done:
         log.info("%s: resuming trial seed %d with %d queries already answered", task.name, seed, len(done["index"]))
     folder.mkdir(parents=True, exist_ok=True)
-    predictor = partial.PartialPredictor(model, _step(p), folder)
+    predictor = partial.PartialPredictor(model, _step(p, "cider" in task.metrics), folder)
     new = predict(trainer, predictor, StreamDataModule(stream, ctx.num_workers, _collate))
     outputs = partial.merge(done, new)
     if not outputs:
@@ -155,8 +159,8 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 class _step:  # noqa: N801 - a picklable function object
     """One batch of queries -> per-query outputs (tensors, so that they gather across ranks)."""
 
-    def __init__(self, p: InContextParams):
-        self.p = p
+    def __init__(self, p: InContextParams, captions: bool):
+        self.p, self.captions = p, captions
 
     def __call__(self, model: ModelWrapper, batch: dict[str, Any]) -> dict[str, Tensor]:
         p = self.p
@@ -172,24 +176,34 @@ class _step:  # noqa: N801 - a picklable function object
             min_new_tokens=p.min_new_tokens,
             length_penalty=p.length_penalty,
         )
-        answers = [postprocess_generation(t) if p.postprocess == "vqa" else t for t in texts]
+        answers = [POSTPROCESS[p.postprocess](t) for t in texts]
+        out = {"answer": torch.stack([_encode(a, ANSWER_BYTES) for a in answers])}
+        if self.captions:  # CIDEr is a corpus score: the references travel with the captions, scored at the end
+            out["references"] = torch.stack([_encode("\n".join(r), REFERENCE_BYTES) for r in batch["answers"]])
+            return out
         accuracy = [question_accuracy(a, refs) if refs else math.nan for a, refs in zip(answers, batch["answers"])]
         kinds = [ANSWER_TYPES.index(t) if t in ANSWER_TYPES else -1 for t in batch["answer_type"]]
-        return {
-            "accuracy": torch.tensor(accuracy, dtype=torch.float64),
-            "answer_type": torch.tensor(kinds),
-            "answer": torch.stack([_encode(a) for a in answers]),
-            "question_id": torch.tensor(batch["question_id"], dtype=torch.long),
-        }
+        out["accuracy"] = torch.tensor(accuracy, dtype=torch.float64)
+        out["answer_type"] = torch.tensor(kinds)
+        out["question_id"] = torch.tensor(batch["question_id"], dtype=torch.long)
+        return out
+
+
+def postprocess_caption(text: str) -> str:
+    """OpenFlamingo's `postprocess_captioning_generation` and its `.replace('"', "")` (evaluate_captioning)."""
+    return text.split("Output", 1)[0].replace('"', "")
+
+
+POSTPROCESS = {"vqa": postprocess_generation, "caption": postprocess_caption, "none": lambda t: t}
 
 
 def model_device(model: ModelWrapper) -> torch.device:
     return next(model.parameters()).device
 
 
-def _encode(text: str) -> Tensor:
-    raw = text.encode("utf-8")[:ANSWER_BYTES]
-    return torch.tensor(list(raw) + [0] * (ANSWER_BYTES - len(raw)), dtype=torch.uint8)
+def _encode(text: str, width: int) -> Tensor:
+    raw = text.encode("utf-8")[:width]
+    return torch.tensor(list(raw) + [0] * (width - len(raw)), dtype=torch.uint8)
 
 
 def _decode(row: Tensor) -> str:
@@ -203,6 +217,8 @@ def _metrics(task: TaskConfig, out: dict[str, Tensor]) -> dict[str, float]:
         if (labels < 0).any():
             raise DataError(f"task {task.name!r}: the {task.data.split!r} split has unlabelled records")
         return classification.compute(task.metrics, logits, labels)
+    if "references" in out:
+        return _caption_metrics(task, out)
     acc = out["accuracy"].double()
     if torch.isnan(acc).any():
         raise DataError(
@@ -217,6 +233,23 @@ def _metrics(task: TaskConfig, out: dict[str, Tensor]) -> dict[str, float]:
     if missing:
         raise ConfigError(f"task {task.name!r}: key 'metrics': {missing[0]!r} is not a generation metric")
     return {m: found[m] for m in task.metrics}
+
+
+def _caption_metrics(task: TaskConfig, out: dict[str, Tensor]) -> dict[str, float]:
+    """CIDEr (pycocoevalcap's CIDEr-D, `mmbench.metrics.cider`) of the generated captions against every reference
+    caption of their images."""
+    from mmbench.metrics.cider import cider
+
+    ids = [int(i) for i in out["index"].tolist()]
+    refs = {i: _decode(r).split("\n") for i, r in zip(ids, out["references"])}
+    if any(not any(r) for r in refs.values()):
+        raise DataError(f"task {task.name!r}: the {task.data.split!r} split has images without reference captions")
+    score, _ = cider({i: _decode(a) for i, a in zip(ids, out["answer"])}, refs)
+    found = {"cider": score}
+    missing = [m for m in task.metrics if m not in found]
+    if missing:
+        raise ConfigError(f"task {task.name!r}: key 'metrics': {missing[0]!r} is not a captioning metric")
+    return found
 
 
 def _mean(values: list[float]) -> float:
@@ -239,11 +272,17 @@ def _write_predictions(task: TaskConfig, ctx: RunContext, out: dict[str, Tensor]
     from mmbench.metrics.vqa import write_submission
 
     p = task.incontext
-    name = f"{task.name}-{p.shots}shot_{task.data.split}_seed{p.seed + p.trials - 1}_predictions.json"
+    rices = "-rices" if p.demonstrations == "rices" else ""
+    name = f"{task.name}-{p.shots}shot{rices}_{task.data.split}_seed{p.seed + p.trials - 1}_predictions.json"
     path = ctx.artifact_dir / name
-    if _rank_zero():
-        qids = [int(q) for q in out["question_id"].tolist()]
-        write_submission(path, qids, [_decode(row) for row in out["answer"]])
+    if not _rank_zero():
+        return path
+    answers = [_decode(row) for row in out["answer"]]
+    if "question_id" in out:  # VQA: the official result file
+        write_submission(path, [int(q) for q in out["question_id"].tolist()], answers)
+    else:
+        rows = [{"index": int(i), "caption": a} for i, a in zip(out["index"].tolist(), answers)]
+        atomic_write_text(path, json.dumps(rows))
     return path
 
 
