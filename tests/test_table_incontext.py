@@ -250,8 +250,9 @@ def test_committed_leaderboard_has_an_incontext_section_only_with_incontext_resu
 
 def test_incontext_csv_holds_the_markdown_cells(results_dir):
     board = render(results_dir)
-    labels = load_incontext_layout(REPORTED / INCONTEXT_FILE).demonstrations
-    titles = {"vqav2_fewshot": "VQAv2 (VQA accuracy)", "hateful_memes_fewshot": "Hateful Memes (ROC-AUC)"}
+    layout = load_incontext_layout(REPORTED / INCONTEXT_FILE)
+    labels = layout.demonstrations
+    titles = {t.task: f"{t.label} ({t.metric})" for t in layout.rows}
     by_table = {"incontext": SECTION, "incontext_not_comparable": OTHER}
     from_md = {}
     for name in by_table.values():
@@ -308,12 +309,15 @@ def test_a_task_or_a_shot_count_is_added_by_data_alone(tmp_path):
     reported = tmp_path / "reported"
     shutil.copytree(REPORTED, reported)
     layout = reported / INCONTEXT_FILE
-    layout.write_text(layout.read_text() + "  - {task: coco_fewshot, score: cider, label: COCO, metric: CIDEr}\n")
-    _write(tmp_path / "res", _icl("flamingo", "coco_fewshot", 4, [80.0, 84.0], score="cider"))
+    layout.write_text(
+        layout.read_text() + "  - {task: okvqa_fewshot, score: vqa_accuracy, label: OK-VQA, metric: acc}\n"
+    )
+    _write(tmp_path / "res", _icl("flamingo", "okvqa_fewshot", 4, [80.0, 84.0], score="vqa_accuracy"))
     _write(tmp_path / "res", _icl("flamingo", "vqav2_fewshot", 2, [30.0]))  # a shot count outside the layout
     tables = _tables(_sections(render(tmp_path / "res", reported).markdown)[SECTION])
-    assert list(tables) == ["VQAv2 (VQA accuracy)", "Hateful Memes (ROC-AUC)", "COCO (CIDEr)"]
-    assert tables["COCO (CIDEr)"][("flamingo", "random")] == {
+    assert list(tables) == ["VQAv2 (VQA accuracy)", "Hateful Memes (ROC-AUC)", "COCO (CIDEr)", "Flickr30K (CIDEr)",
+                            "OK-VQA (acc)"]  # fmt: skip
+    assert tables["OK-VQA (acc)"][("flamingo", "random")] == {
         "0-shot": "—",
         "2-shot": "—",
         "4-shot": "82.00 ± 2.83",
