@@ -2,7 +2,7 @@
 
 A preset's `tokenizer` is a hub id or local directory (loaded with `AutoTokenizer`), or one of the built-in tiny
 tokenizers in `BUILTIN` (WordPiece for FLAVA, byte-level BPE for CLIP, sentencepiece for BEiT-3,
-a GPT-style BPE with Flamingo's media tokens).
+a GPT-style BPE with Flamingo's media tokens, a LLaMA BPE with IDEFICS's image tokens).
 The tiny vocabularies hold a few hundred whole words plus every single character, so no ordinary text ever maps
 to the unknown token (transformers 5 silently builds special-token-only tokenizers from the old `vocab_file=`
 keyword; tests assert this does not happen here).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import string
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,18 @@ def _bpe_encode(word: list[str], ranks: dict[tuple[str, str], int]) -> list[str]
 
 
 def tiny_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Merges that make every word one token, built deterministically: for each word in turn, encode it with the
-    merges so far and chain its remaining pieces left to right. New merges rank after all earlier ones, so they
-    never change how an earlier word encodes. (The `tokenizers` trainer breaks frequency ties differently in every
-    process, which would give a tiny model different token ids on every run.)"""
+    """Merges that make every word one token (CLIP's word-final `</w>` symbols)."""
+    return chained_merges(list(word[:-1]) + [word[-1] + "</w>"] for word in words)
+
+
+def chained_merges(words: Iterable[list[str]]) -> list[tuple[str, str]]:
+    """Merges that make each word (a list of initial symbols) one token, built deterministically: for each word in
+    turn, encode it with the merges so far and chain its remaining pieces left to right. New merges rank after all
+    earlier ones, so they never change how an earlier word encodes. (The `tokenizers` trainer breaks frequency ties
+    differently in every process, which would give a tiny model different token ids on every run.)"""
     ranks: dict[tuple[str, str], int] = {}
-    for word in words:
-        pieces = _bpe_encode(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+    for symbols in words:
+        pieces = _bpe_encode(symbols, ranks)
         merged = pieces[0]
         for nxt in pieces[1:]:
             ranks.setdefault((merged, nxt), len(ranks))
@@ -92,12 +98,39 @@ def tiny_bpe(max_length: int = 77) -> Any:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
+# IDEFICS's tokens for images (`IdeficsProcessor` spells them so; idefics-9b's vocabulary adds exactly these two, at
+# ids 32000 and 32001, and no `<end_of_utterance>`: that one only the instruct checkpoints have).
+IDEFICS_IMAGE_TOKENS = ("<fake_token_around_image>", "<image>")
+# The words of OpenFlamingo's in-context prompts that TINY_WORDS lacks ("Short answer:", "Output:", ...), so that
+# 32-shot prompts stay well inside the tiny model's context.
+PROMPT_WORDS = ("short", "output", "written", "hateful", "caption")
+
+
+def tiny_idefics(max_length: int = 2048) -> Any:
+    """A LLaMA tokenizer (idefics-9b's kind: BPE with byte fallback, `▁` for spaces, BOS added, `<unk>` as pad)
+    whose merges make each tiny-vocabulary word, lower-case and capitalised, one token with and without its `▁`;
+    every printable ASCII character is a token, anything else (a newline) falls back to its `<0xNN>` byte, as in
+    LLaMA's vocabulary. IDEFICS's two image tokens come right after the base vocabulary, as in idefics-9b."""
+    from transformers import LlamaTokenizer
+
+    words = list(dict.fromkeys(w for word in (*_words(), *PROMPT_WORDS) for w in (word, word.capitalize())))
+    merges = chained_merges([*(list(w) for w in words), *(["▁", *w] for w in words)])
+    chars = [c for c in string.printable if not c.isspace()]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), "▁", *chars, *(a + b for a, b in merges)]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    # add_bos_token: LLaMA tokenizers add BOS, but built from a vocabulary they do not unless told.
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, pad_token="<unk>", add_bos_token=True, model_max_length=max_length)
+    tok.add_special_tokens({"additional_special_tokens": list(IDEFICS_IMAGE_TOKENS)})
+    return tok
+
+
 # Built-in tiny tokenizers, addressed lazily ("module:function") so that wrappers' modules load only when used.
 BUILTIN: dict[str, str] = {
     "mmbench:tiny-wordpiece": "mmbench.models.tokenizers:tiny_wordpiece",  # FLAVA (BERT WordPiece)
     "mmbench:tiny-bpe": "mmbench.models.tokenizers:tiny_bpe",  # CLIP (byte-level BPE)
     "mmbench:tiny-sentencepiece": "mmbench.models.beit3_tokenizer:tiny_sentencepiece",  # BEiT-3 (XLM-R layout)
     "mmbench:tiny-flamingo": "mmbench.models.flamingo:tiny_flamingo_tokenizer",  # causal LM + <image> tokens
+    "mmbench:tiny-idefics": "mmbench.models.tokenizers:tiny_idefics",  # LLaMA BPE + IDEFICS image tokens
 }
 
 
