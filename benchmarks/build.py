@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 HERE = Path(__file__).resolve().parent
-TINY = ["clip-tiny", "flava-tiny", "beit3-tiny", "flamingo-tiny"]
+TINY = ["clip-tiny", "flava-tiny", "beit3-tiny", "flamingo-tiny", "idefics-tiny"]
 FULL = ["clip-rehearsal", "flava-rehearsal", "beit3-base-rehearsal", "flamingo-rehearsal"]
 
 

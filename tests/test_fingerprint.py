@@ -101,6 +101,6 @@ def test_release_url_checkpoints_are_read_where_beit3_downloads_them(registry, t
     assert weights_fingerprint(cfg) not in (fp, None)
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "flava-tiny", "beit3-tiny", "flamingo-tiny"])
+@pytest.mark.parametrize("name", ["clip-tiny", "flava-tiny", "beit3-tiny", "flamingo-tiny", "idefics-tiny"])
 def test_every_tiny_preset_has_a_fingerprint_without_being_built(registry, name):
     assert weights_fingerprint(registry.model(name)).startswith("sha256:")
