@@ -5,7 +5,11 @@ VENV ?= .venv
 # with their own CUDA build can `make TORCH_SPEC= ...` or pip install -e . into their environment.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_PIP_ARGS ?=
-TINY_MODELS := clip-tiny flava-tiny beit3-tiny flamingo-tiny
+TINY_MODELS := clip-tiny flava-tiny beit3-tiny flamingo-tiny idefics-tiny
+# The tiny presets that can generate, and the shot counts of their committed in-context results (3 trials each).
+GENERATIVE_TINY := flamingo-tiny idefics-tiny
+INCONTEXT_SHOTS := 0 4 8 16 32
+INCONTEXT := --group incontext --data synthetic --set task.incontext.trials=3
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 # CI's re-run slice of the committed synthetic results: each tiny preset on one task of every protocol (fine-tuning,
@@ -15,6 +19,9 @@ export HF_HUB_OFFLINE := 1
 # 100 or three of SST-2's 301 sentences, and nothing a real change moves (a broken pipeline moves these by tens).
 # RTE is not the slice's GLUE task: beit3-tiny's synthetic RTE run ends anywhere in 52-64 depending on the CPU path.
 SLICE_TASKS := sst2 cifar10 flickr30k
+# ... and the in-context protocol: Hateful Memes at 4 shots (log-likelihoods; a generated answer of a random model
+# can flip on one rounding, a ROC-AUC over 300 memes moves by 1e-5 per swapped pair).
+SLICE_INCONTEXT := --task hateful_memes_fewshot --data synthetic --set task.incontext.shots=4 --set task.incontext.trials=3
 SLICE_TOL := 1.0
 SLICE_DIR := build/ci-slice
 
@@ -35,6 +42,7 @@ setup: $(VENV)/.installed
 demo: export OMP_NUM_THREADS ?= 1
 demo: setup
 	$(BIN)/mmbench run --model clip-tiny --model flava-tiny --group flava35 --data synthetic --output .demo
+	$(BIN)/mmbench run $(addprefix --model ,$(GENERATIVE_TINY)) $(INCONTEXT) --set task.incontext.shots=4 --output .demo
 	$(BIN)/mmbench table --results .demo --reported results/reported --out .demo/LEADERBOARD.md --print
 
 test: setup
@@ -64,6 +72,10 @@ lint: setup
 synthetic-results: export OMP_NUM_THREADS ?= 1
 synthetic-results: setup
 	$(BIN)/mmbench run $(addprefix --model ,$(TINY_MODELS)) --group flava35 --data synthetic --redo --no-progress
+	for shots in $(INCONTEXT_SHOTS); do \
+	  $(BIN)/mmbench run $(addprefix --model ,$(GENERATIVE_TINY)) $(INCONTEXT) --set task.incontext.shots=$$shots \
+	    --redo --no-progress || exit 1; \
+	done
 	$(BIN)/mmbench table
 
 leaderboard: setup
@@ -76,6 +88,8 @@ ci-slice: setup
 	rm -rf $(SLICE_DIR)
 	$(BIN)/mmbench run $(addprefix --model ,$(TINY_MODELS)) $(addprefix --task ,$(SLICE_TASKS)) --data synthetic \
 	  --output $(SLICE_DIR) --cache-dir $(SLICE_DIR)/cache --no-progress
+	$(BIN)/mmbench run $(addprefix --model ,$(GENERATIVE_TINY)) $(SLICE_INCONTEXT) --output $(SLICE_DIR) \
+	  --cache-dir $(SLICE_DIR)/cache --no-progress
 	$(BIN)/mmbench compare $(SLICE_DIR) results/synthetic --tol $(SLICE_TOL) --subset
 
 # The wheel users get from `pip install .` (tests/test_wheel.py builds and installs one too).
