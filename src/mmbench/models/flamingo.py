@@ -45,7 +45,7 @@ from mmbench.errors import ConfigError
 from mmbench.models.arch import did_you_mean
 from mmbench.models.base import Capability, ModelWrapper, parse_arch
 from mmbench.models.flamingo_checkpoint import CheckpointReport, load_openflamingo_checkpoint, resolve_checkpoint_file
-from mmbench.models.flamingo_layers import GatedCrossAttentionBlock, PerceiverResampler
+from mmbench.models.flamingo_layers import GatedCrossAttentionBlock, PerceiverResampler, media_time
 from mmbench.models.hf import load_or_init, tokenize
 from mmbench.schema import ModelConfig
 
@@ -105,6 +105,16 @@ def decoder_layer_list(lang_encoder: nn.Module, path: str) -> nn.ModuleList:
     return module
 
 
+@dataclass
+class MediaConditioning:
+    """What the gated blocks attend to while `Flamingo.conditioned` is active."""
+
+    media: Tensor | None  # (B, T_img, n, Dv) resampled images; None: text only
+    cached: bool  # OpenFlamingo's `_use_cached_vision_x`: calls may continue a KV cache
+    locations: Tensor | None = None  # (B, T) bool: the media locations last conditioned on
+    text_time: Tensor | None = None  # (B, T_call): the image each token of the LM call under way sees
+
+
 class Flamingo(nn.Module):
     """Vision encoder -> Perceiver Resampler -> gated cross-attention into a causal LM."""
 
@@ -142,10 +152,15 @@ class Flamingo(nn.Module):
             raise ConfigError(f"key 'arch.cross_attn_every_n_layers': exceeds the LM's {len(layers)} layers")
         for key in self.gated_cross_attn_layers:
             layers[int(key)].register_forward_pre_hook(partial(self._cross_attend, key), with_kwargs=True)
-        self._media: tuple[Tensor | None, Tensor] | None = None  # (media, media_locations) during a forward
+        # Each call of the LM's base model (prefill, every decode step) first reads its input_ids for media tokens.
+        lang_encoder.base_model.register_forward_pre_hook(self._condition_call, with_kwargs=True)
+        self._conditioning: MediaConditioning | None = None  # set inside `conditioned`
 
     def encode_media(self, pixel_values: Tensor) -> Tensor:
-        """(B, T_img, C, H, W) images -> (B, T_img, num_latents, Dv) resampled visual tokens."""
+        """(B, T_img, C, H, W) images, or (B, C, H, W) one per sample -> (B, T_img, num_latents, Dv) resampled
+        visual tokens."""
+        if pixel_values.ndim == 4:  # one image per sample
+            pixel_values = pixel_values[:, None]  # (B, 1, C, H, W)
         b, t = pixel_values.shape[:2]
         out = self.vision_encoder(pixel_values=pixel_values.flatten(0, 1), interpolate_pos_encoding=True)
         patches = out.last_hidden_state[:, 1:]  # (B*T_img, P, Dv): no CLS, before the post-LayerNorm
@@ -153,45 +168,68 @@ class Flamingo(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None):
         """Next-token logits (B, T, V); `pixel_values` (B, T_img, C, H, W) or None for text only."""
-        with self._conditioned(input_ids, pixel_values):
+        media = self.encode_media(pixel_values) if pixel_values is not None else None
+        with self.conditioned(media):
             return self.lang_encoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def hidden_states(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None
     ) -> Tensor:
         """The LM's final hidden states (B, T, D), i.e. what its LM head reads."""
-        with self._conditioned(input_ids, pixel_values):
+        media = self.encode_media(pixel_values) if pixel_values is not None else None
+        with self.conditioned(media):
             out = self.lang_encoder.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state  # (B, T, D)
 
     @contextmanager
-    def _conditioned(self, input_ids: Tensor, pixel_values: Tensor | None) -> Iterator[None]:
-        media_locations = input_ids == self.media_token_id  # (B, T)
-        media = None
-        if pixel_values is not None:
-            if pixel_values.ndim == 4:  # one image per sample
-                pixel_values = pixel_values[:, None]  # (B, 1, C, H, W)
-            media = self.encode_media(pixel_values)  # (B, T_img, n, Dv)
-            most = int(media_locations.sum(dim=-1).max()) if media_locations.numel() else 0
-            if most > media.shape[1]:
-                raise ValueError(f"a text holds {most} media tokens but only {media.shape[1]} images were given")
-        self._media = (media, media_locations)
+    def conditioned(self, media: Tensor | None, cached: bool = False) -> Iterator[MediaConditioning]:
+        """Within this context every LM call cross-attends to `media` (B, T_img, n, Dv) from `encode_media` (None:
+        text only). `cached=True` is for calls that continue a KV cache (`lang_encoder.generate`, scoring after a
+        prefill): OpenFlamingo's cached-media rule then applies (`_condition_call`)."""
+        self._conditioning = MediaConditioning(media, cached)
         try:
-            yield
+            yield self._conditioning
         finally:
-            self._media = None
+            self._conditioning = None
+
+    def _condition_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of the LM's base model: each token's text time for this call, OpenFlamingo's rule
+        (`FlamingoLMMixin.forward` + `MaskedCrossAttention(use_cached_media=...)`): if the media are cached (`cached`),
+        a previous call conditioned the locations and this call's input_ids hold no media token, every token's text
+        time is the count of media tokens in the last conditioned locations (a decode step continues after the
+        prompt's last image); otherwise this call's input_ids become the locations and text time is their running
+        count. So a decode step that emits `<image>` re-conditions: in that step and every later one, the rows that
+        emitted it see image 1 and the other rows none, exactly as in the reference (which does not reorder the
+        locations across beams either)."""
+        state = self._conditioning
+        if state is None:  # the LM called on its own, not through this module: leave it unchanged
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            raise TypeError(f"{type(module).__name__} got no input_ids: Flamingo finds its media tokens in them")
+        locations = input_ids == self.media_token_id  # (B, T)
+        if state.cached and state.locations is not None and not locations.any():
+            count = state.locations.sum(dim=-1, keepdim=True)  # (B, 1)
+            state.text_time = count.expand_as(locations)  # (B, T)
+            return
+        state.locations = locations
+        state.text_time = media_time(locations)  # (B, T)
+        if state.media is not None and locations.numel():
+            most = int(state.text_time[:, -1].max())
+            if most > state.media.shape[1]:
+                raise ValueError(f"a text holds {most} media tokens but only {state.media.shape[1]} images were given")
 
     def _cross_attend(self, key: str, layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Forward pre-hook of decoder layer `key`: run its gated block on the layer's input hidden states."""
-        if self._media is None:  # the LM called on its own, not through this module: leave it unchanged
+        state = self._conditioning
+        if state is None:  # the LM called on its own, not through this module: leave it unchanged
             return None
-        block = self.gated_cross_attn_layers[key]
-        media, media_locations = self._media
+        block = partial(self.gated_cross_attn_layers[key], media=state.media, text_time=state.text_time)
         if args:
-            return (block(args[0], media, media_locations), *args[1:]), kwargs
+            return (block(args[0]), *args[1:]), kwargs
         if "hidden_states" not in kwargs:
             raise TypeError(f"{type(layer).__name__} got no positional or `hidden_states` input to cross-attend")
-        kwargs["hidden_states"] = block(kwargs["hidden_states"], media, media_locations)
+        kwargs["hidden_states"] = block(kwargs["hidden_states"])
         return args, kwargs
 
 
