@@ -131,7 +131,9 @@ def reference_flamingo(ours: Flamingo, arch: FlamingoArch, eoc_token_id: int) ->
     return model.eval()
 
 
-def tiny_pair(immediate: bool, lm: tuple[str, str, dict[str, Any]] | None = None) -> tuple[FlamingoWrapper, nn.Module]:
+def tiny_pair(
+    immediate: bool, lm: tuple[str, str, dict[str, Any]] | None = None, seed: int = 3, std: float = 0.5
+) -> tuple[FlamingoWrapper, nn.Module]:
     """flamingo-tiny (or around another LM: model type, decoder-layer path, config) and the reference, equal
     weights, every parameter randomised."""
     cfg = Registry(roots=[REPO]).model(
@@ -140,7 +142,7 @@ def tiny_pair(immediate: bool, lm: tuple[str, str, dict[str, Any]] | None = None
     if lm is not None:  # the lm block replaced, not merged: GPT-2 reads none of GPT-NeoX's keys
         arch = {**cfg.arch, "lm_model_type": lm[0], "decoder_layers": lm[1], "lm": lm[2]}
         cfg = dataclasses.replace(cfg, arch=arch)
-    ours = randomize_(build_model(cfg), seed=3).eval()
+    ours = randomize_(build_model(cfg), seed=seed, std=std).eval()
     eoc = ours.tokenizer.convert_tokens_to_ids("<|endofchunk|>")
     theirs = reference_flamingo(ours.model, parse_arch(cfg, FlamingoArch), eoc)
     if lm is not None and lm[0] == "gpt2":

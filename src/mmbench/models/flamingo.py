@@ -23,6 +23,11 @@ masking modes) and against OpenFlamingo-layout checkpoints in tests/test_flaming
   `tokenize(texts)` produced and, when they hold no `<image>` token, inserts one at the start of every row (after a
   BOS token if every row starts with one), OpenFlamingo's "<image>text" prompt. Tokens that already hold
   `<image>` tokens are used as they are, with `pixel_values` (B, T_img, C, H, W) giving their T_img images.
+- Cross-attention per LM call: a forward pre-hook on the LM's base model reads each call's input_ids and sets every
+  token's text time (which image it sees) before the decoder layers run, so the blocks stay right under a KV cache.
+  Inside `conditioned(media, cached=True)` (generation, scoring after a prefill) OpenFlamingo's cached-media rule
+  applies: a call whose tokens hold no `<image>` continues after the last conditioned locations (see
+  `_condition_call`). GENERATE (`generate`, `loglikelihood`) lives in `flamingo_generate`.
 - Weights: the backbones come from `arch.vision_encoder` / `arch.lang_encoder` (or are random for `random_init`
   presets); the preset's `checkpoint` names the OpenFlamingo `checkpoint.pt` (hub repo, directory or file) that is
   loaded over them (see `flamingo_checkpoint`). Without one the resampler and blocks keep their seeded init.
@@ -43,8 +48,9 @@ from torch import Tensor, nn
 
 from mmbench.errors import ConfigError
 from mmbench.models.arch import did_you_mean
-from mmbench.models.base import Capability, ModelWrapper, parse_arch
+from mmbench.models.base import CHUNK_END_MARKER, MEDIA_MARKER, Capability, ModelWrapper, parse_arch
 from mmbench.models.flamingo_checkpoint import CheckpointReport, load_openflamingo_checkpoint, resolve_checkpoint_file
+from mmbench.models.flamingo_generate import continuation_logprobs, generate_ids
 from mmbench.models.flamingo_layers import GatedCrossAttentionBlock, PerceiverResampler, media_time
 from mmbench.models.hf import load_or_init, tokenize
 from mmbench.schema import ModelConfig
@@ -284,7 +290,7 @@ def tiny_flamingo_tokenizer(max_length: int = 77, flamingo_tokens: bool = True) 
 
 
 class FlamingoWrapper(ModelWrapper):
-    capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION
+    capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.GENERATE
     arch_schema = FlamingoArch
 
     @classmethod
@@ -305,6 +311,7 @@ class FlamingoWrapper(ModelWrapper):
         super().__init__(cfg)
         self.model = model
         self.tokenizer = tokenizer
+        self.arch = parse_arch(cfg, FlamingoArch)
         # Right padding keeps every row's positions starting at 0: HF causal LMs number positions from the start
         # of the sequence, not from the first real token.
         self.tokenizer.padding_side = "right"
@@ -371,6 +378,40 @@ class FlamingoWrapper(ModelWrapper):
         input_ids, mask = self._with_media_token(tokens["input_ids"], tokens.get("attention_mask"))
         hidden = self.model.hidden_states(input_ids, mask, pixel_values)  # (B, T+1, D)
         return last_token_states(hidden, mask)  # (B, D)
+
+    def generate(
+        self,
+        images: list[Tensor],
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        num_beams: int = 1,
+        min_new_tokens: int = 0,
+        length_penalty: float = 1.0,
+    ) -> list[str]:
+        ids = generate_ids(
+            self,
+            images,
+            self._own_markers(prompts),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            min_new_tokens=min_new_tokens,
+            length_penalty=length_penalty,
+        )
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def loglikelihood(
+        self, images: list[Tensor], prompts: list[str], continuations: list[str], normalize_length: bool = False
+    ) -> Tensor:
+        return continuation_logprobs(self, images, self._own_markers(prompts), continuations, normalize_length)
+
+    def _own_markers(self, prompts: list[str]) -> list[str]:
+        """The contract's `<image>` / `<|endofchunk|>` in the preset's spelling (OpenFlamingo's by default)."""
+        pairs = [(MEDIA_MARKER, self.arch.media_token), (CHUNK_END_MARKER, self.arch.end_of_chunk_token)]
+        pairs = [(a, b) for a, b in pairs if a != b]
+        for a, b in pairs:
+            prompts = [p.replace(a, b) for p in prompts]
+        return prompts
 
     def _with_media_token(self, input_ids: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Insert `<image>` at the start of every row unless the tokens already place their media tokens."""
