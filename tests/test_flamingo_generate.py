@@ -185,7 +185,7 @@ def argmax_loop(
     ids = ours.tokenizer(prompt, return_tensors="pt")["input_ids"]  # (1, T)
     eoc, new, gaps = ours.tokenizer.convert_tokens_to_ids(EOC), [], []
     for _ in range(max_new_tokens):
-        logits = ours.model(ids, None, images[None])[0, -1]  # (V,)
+        logits = ours.model(ids, None, images[None] if len(images) else None)[0, -1]  # (V,)
         top = logits.topk(2)
         gaps.append(float(top.values[0] - top.values[1]))
         new.append(int(top.indices[0]))
@@ -210,6 +210,20 @@ def test_batched_cached_greedy_equals_an_uncached_argmax_loop():
     assert min(margins) >= MARGIN
 
 
+@torch.no_grad()
+def test_prompts_without_images_run_text_only():
+    """T_i = 0 for every prompt: no media at all, the text-only forward's greedy tokens and scores."""
+    ours, _ = generation_pair(EOC)
+    prompts, none = ["a red circle on the", "two blue squares<|endofchunk|>three"], [torch.zeros(0, 3, 32, 32)] * 2
+    ids = generate_ids(ours, none, prompts, max_new_tokens=4)
+    for i, prompt in enumerate(prompts):
+        plain, margin = argmax_loop(ours, none[i], prompt, 4)
+        assert ids[i, : len(plain)].tolist() == plain and margin >= MARGIN
+    continuations = [" circle", " on the left"]
+    plain = scores_the_plain_way(lambda ids, px: ours.model(ids, None, None), ours, none, prompts, continuations)
+    record("text-only loglikelihood vs uncached forward", ours.loglikelihood(none, prompts, continuations), plain)
+
+
 # ---- log-likelihoods ------------------------------------------------------------------------------------------
 def plain_logprob(logits: torch.Tensor, prompt_len: int, cont: list[int], normalize: bool) -> torch.Tensor:
     """From (1, T, V) logits of prompt + continuation: the continuation's summed (or mean) log-probability."""
@@ -218,14 +232,16 @@ def plain_logprob(logits: torch.Tensor, prompt_len: int, cont: list[int], normal
     return picked.mean() if normalize else picked.sum()
 
 
-def scores_the_plain_way(forward, ours: FlamingoWrapper, normalize: bool) -> torch.Tensor:
+def scores_the_plain_way(
+    forward, ours: FlamingoWrapper, images: list, prompts: list[str], continuations: list[str], normalize=False
+) -> torch.Tensor:
     """(B, C): each prompt + continuation alone through `forward(ids (1, T), images (1, T_img, C, H, W))`."""
-    out = torch.zeros(len(PROMPTS), len(CONTINUATIONS))
-    for i, (images, prompt) in enumerate(zip(IMAGES, PROMPTS)):
+    out = torch.zeros(len(prompts), len(continuations))
+    for i, (imgs, prompt) in enumerate(zip(images, prompts)):
         p = ours.tokenizer(prompt)["input_ids"]
-        for j, text in enumerate(CONTINUATIONS):
+        for j, text in enumerate(continuations):
             c = ours.tokenizer(text, add_special_tokens=False)["input_ids"]
-            out[i, j] = plain_logprob(forward(torch.tensor([p + c]), images[None]), len(p), c, normalize)
+            out[i, j] = plain_logprob(forward(torch.tensor([p + c]), imgs[None]), len(p), c, normalize)
     return out
 
 
@@ -236,7 +252,8 @@ def test_loglikelihoods_match_the_reference_forward(normalize):
     ours, theirs = tiny_pair(True)
     lengths = [len(ours.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in CONTINUATIONS]
     assert min(lengths) == 1 and max(lengths) >= 3  # single- and multi-token continuations
-    ref = scores_the_plain_way(lambda ids, px: theirs(vision_x=px[:, :, None], lang_x=ids).logits, ours, normalize)
+    forward = lambda ids, px: theirs(vision_x=px[:, :, None], lang_x=ids).logits  # noqa: E731
+    ref = scores_the_plain_way(forward, ours, IMAGES, PROMPTS, CONTINUATIONS, normalize)
     got = ours.loglikelihood(IMAGES, PROMPTS, CONTINUATIONS, normalize_length=normalize)
     assert got.shape == (len(PROMPTS), len(CONTINUATIONS))
     record(f"loglikelihood ({'mean' if normalize else 'sum'}) vs the reference's forward", got, ref)
@@ -248,7 +265,9 @@ def test_batched_cached_loglikelihoods_equal_per_sample_uncached_ones(normalize)
     """Left padding, the prompt cache shared by all continuations, positions and masks: equal to each sequence
     alone through our uncached forward."""
     ours, _ = tiny_pair(True)
-    plain = scores_the_plain_way(lambda ids, px: ours.model(ids, None, px), ours, normalize)
+    plain = scores_the_plain_way(
+        lambda ids, px: ours.model(ids, None, px), ours, IMAGES, PROMPTS, CONTINUATIONS, normalize
+    )
     got = ours.loglikelihood(IMAGES, PROMPTS, CONTINUATIONS, normalize_length=normalize)
     record(f"loglikelihood ({'mean' if normalize else 'sum'}) batched+cached vs per-sample uncached", got, plain)
     assert (got[:, 1:] - got[:, :1]).abs().min() > TOL  # the continuations' scores differ: nothing trivially equal
@@ -268,11 +287,15 @@ def test_a_prompt_longer_than_the_context_is_an_error_naming_the_lengths():
     with pytest.raises(ConfigError) as e:
         ours.generate(images, [prompt], max_new_tokens=17 - n)
     assert str(e.value) == (
-        f"model 'flamingo-tiny': prompt 0 is {n} tokens long; with {17 - n} new tokens it needs 17 positions but the "
-        "language model has 16 (max_position_embeddings)"
+        f"model 'flamingo-tiny': prompt 0 is {n} tokens long; with max_new_tokens={17 - n} it needs 17 positions but "
+        "the language model has 16 (max_position_embeddings)"
     )
     longest = " a red circle on the left of two blue squares"
-    with pytest.raises(ConfigError, match=f"prompt 0 is {n} tokens long; with .* new tokens it needs"):
+    c = len(ours.tokenizer(longest, add_special_tokens=False)["input_ids"])
+    assert n + c > 16
+    with pytest.raises(
+        ConfigError, match=rf"prompt 0 is {n} tokens long; with its longest continuation \({c} tokens\)"
+    ):
         ours.loglikelihood(images, [prompt], [" yes", longest])
 
 

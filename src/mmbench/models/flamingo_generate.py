@@ -42,16 +42,21 @@ class Prompts:
     media: Tensor | None  # (B, T_img, n, Dv); None: no prompt has an image
 
 
-def encode_prompts(wrapper: FlamingoWrapper, images: list[Tensor], prompts: list[str], new_tokens: int) -> Prompts:
+def encode_prompts(
+    wrapper: FlamingoWrapper, images: list[Tensor], prompts: list[str], new_tokens: int, what: str
+) -> Prompts:
     """Tokenize `prompts` (left padded, never truncated) and encode their images once. `new_tokens` more positions
-    must fit after each prompt; `images[i]` (T_i, C, H, W) holds one image per `<image>` of prompt i."""
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
+    (`what` they are, for the error) must fit after each prompt; `images[i]` (T_i, C, H, W) holds one image per
+    `<image>` of prompt i."""
+    if not prompts or len(images) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts and {len(images)} image lists: need as many, at least one")
     model = wrapper.model
     device = next(model.parameters()).device
-    enc = wrapper.tokenizer(prompts, padding="longest", padding_side="left", return_tensors="pt")
+    # Not verbose: the tokenizer's model_max_length is the preset's feature length (77), not the LM's context, which
+    # check_context enforces.
+    enc = wrapper.tokenizer(prompts, padding="longest", padding_side="left", return_tensors="pt", verbose=False)
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, T) each
-    check_context(wrapper, mask.sum(dim=-1).tolist(), new_tokens)
+    check_context(wrapper, mask.sum(dim=-1).tolist(), new_tokens, what)
     counts = (ids == model.media_token_id).sum(dim=-1).tolist()
     for i, (count, imgs) in enumerate(zip(counts, images)):
         if count != len(imgs):
@@ -67,19 +72,20 @@ def encode_prompts(wrapper: FlamingoWrapper, images: list[Tensor], prompts: list
     return Prompts(ids, mask, model.encode_media(pixels))
 
 
-def check_context(wrapper: FlamingoWrapper, lengths: list[int], new_tokens: int) -> None:
-    """A prompt whose tokens and `new_tokens` exceed the LM's positions is an error naming the lengths."""
+def check_context(wrapper: FlamingoWrapper, lengths: list[int], new_tokens: int, what: str) -> None:
+    """A prompt whose tokens and `new_tokens` more exceed the LM's positions is an error naming the lengths."""
     limit = getattr(wrapper.model.lang_encoder.config, "max_position_embeddings", None)
     if limit is None:
         return
     for i, n in enumerate(lengths):
         if n + new_tokens > limit:
             raise ConfigError(
-                f"model {wrapper.cfg.name!r}: prompt {i} is {n} tokens long; with {new_tokens} new tokens it needs "
-                f"{n + new_tokens} positions but the language model has {limit} (max_position_embeddings)"
+                f"model {wrapper.cfg.name!r}: prompt {i} is {n} tokens long; with {what} it needs {n + new_tokens} "
+                f"positions but the language model has {limit} (max_position_embeddings)"
             )
 
 
+@torch.no_grad()
 def generate_ids(
     wrapper: FlamingoWrapper,
     images: list[Tensor],
@@ -98,7 +104,7 @@ def generate_ids(
             f"{max_new_tokens}, {num_beams}, {min_new_tokens}"
         )
     model, tok = wrapper.model, wrapper.tokenizer
-    batch = encode_prompts(wrapper, images, prompts, max_new_tokens)
+    batch = encode_prompts(wrapper, images, prompts, max_new_tokens, f"max_new_tokens={max_new_tokens}")
     media = batch.media
     if media is not None and num_beams > 1:  # HF's beam search expands each prompt to num_beams adjacent rows
         media = media.repeat_interleave(num_beams, dim=0)  # (B*beams, T_img, n, Dv)
@@ -132,10 +138,13 @@ def continuation_logprobs(
     grow with the class count), and a continuation's tokens need no padding (all rows share them)."""
     model, lm = wrapper.model, wrapper.model.lang_encoder
     cont_ids = [wrapper.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    if not continuations:
+        raise ValueError("no continuations to score")
     for j, ids in enumerate(cont_ids):
         if not ids or model.media_token_id in ids:
             raise ValueError(f"continuation {j} ({continuations[j]!r}) must hold tokens and no media token")
-    batch = encode_prompts(wrapper, images, prompts, max((len(c) for c in cont_ids), default=0))
+    longest = max(len(c) for c in cont_ids)
+    batch = encode_prompts(wrapper, images, prompts, longest, f"its longest continuation ({longest} tokens)")
     mask = batch.attention_mask
     lengths = mask.sum(dim=-1, keepdim=True)  # (B, 1) real prompt tokens
     positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T): real tokens numbered from 0, as if unpadded
