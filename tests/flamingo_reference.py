@@ -131,20 +131,27 @@ def reference_flamingo(ours: Flamingo, arch: FlamingoArch, eoc_token_id: int) ->
     return model.eval()
 
 
-def tiny_pair(
-    immediate: bool, lm: tuple[str, str, dict[str, Any]] | None = None, seed: int = 3, std: float = 0.5
-) -> tuple[FlamingoWrapper, nn.Module]:
-    """flamingo-tiny (or around another LM: model type, decoder-layer path, config) and the reference, equal
-    weights, every parameter randomised."""
+def tiny_flamingo(
+    immediate: bool = True, lm: tuple[str, str, dict[str, Any]] | None = None, seed: int = 3, std: float = 0.5
+) -> FlamingoWrapper:
+    """flamingo-tiny (or around another LM: model type, decoder-layer path, config), every parameter randomised
+    (`helpers.randomize_` with `seed` and `std`), in eval mode."""
     cfg = Registry(roots=[REPO]).model(
         "flamingo-tiny", {"arch": {"cross_attn": {"only_attend_immediate_media": immediate}}}
     )
     if lm is not None:  # the lm block replaced, not merged: GPT-2 reads none of GPT-NeoX's keys
         arch = {**cfg.arch, "lm_model_type": lm[0], "decoder_layers": lm[1], "lm": lm[2]}
         cfg = dataclasses.replace(cfg, arch=arch)
-    ours = randomize_(build_model(cfg), seed=seed, std=std).eval()
+    return randomize_(build_model(cfg), seed=seed, std=std).eval()
+
+
+def tiny_pair(
+    immediate: bool, lm: tuple[str, str, dict[str, Any]] | None = None, seed: int = 3, std: float = 0.5
+) -> tuple[FlamingoWrapper, nn.Module]:
+    """`tiny_flamingo` and the reference at equal weights."""
+    ours = tiny_flamingo(immediate, lm, seed, std)
     eoc = ours.tokenizer.convert_tokens_to_ids("<|endofchunk|>")
-    theirs = reference_flamingo(ours.model, parse_arch(cfg, FlamingoArch), eoc)
+    theirs = reference_flamingo(ours.model, parse_arch(ours.cfg, FlamingoArch), eoc)
     if lm is not None and lm[0] == "gpt2":
         pass_positional_arguments(theirs.lang_encoder)
     return ours, theirs

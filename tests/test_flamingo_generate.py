@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flamingo_reference import REF, REPO, TOL, WHY, randn, record, tiny_pair
+from flamingo_reference import REF, REPO, TOL, WHY, randn, record, reference_flamingo, tiny_flamingo, tiny_pair
 from torch import nn
 
 from mmbench.config import Registry
 from mmbench.errors import ConfigError
 from mmbench.models import build_model
-from mmbench.models.base import Capability
-from mmbench.models.flamingo import FlamingoWrapper
+from mmbench.models.base import Capability, parse_arch
+from mmbench.models.flamingo import FlamingoArch, FlamingoWrapper
 from mmbench.models.flamingo_generate import generate_ids
 
 MARGIN = 10 * TOL
@@ -41,16 +41,23 @@ CONTINUATIONS = [" yes", " a red circle", " two blue squares on the left of"]
 EOC = "<|endofchunk|>"
 
 
-def generation_pair(boost: str) -> tuple[FlamingoWrapper, nn.Module]:
-    """flamingo-tiny and the reference at equal weights, randomised with a spread (std 2) at which greedy outputs
-    vary with the images. Random weights rarely emit special tokens, so the LM-head row of `boost` is scaled in
-    both: `<|endofchunk|>` makes some rows stop early, `<image>` makes decode steps emit media tokens."""
-    ours, theirs = tiny_pair(True, seed=3, std=2.0)
+def generation_model(boost: str) -> FlamingoWrapper:
+    """flamingo-tiny randomised with a spread (std 2) at which greedy outputs vary with the images. Random weights
+    rarely emit special tokens, so the LM-head row of `boost` is scaled: `<|endofchunk|>` makes some rows stop
+    early, `<image>` makes decode steps emit media tokens."""
+    ours = tiny_flamingo(seed=3, std=2.0)
     row = ours.tokenizer.convert_tokens_to_ids(boost)
     with torch.no_grad():
-        for lm in (ours.model.lang_encoder, theirs.lang_encoder):
-            lm.get_output_embeddings().weight[row] *= {EOC: 5.0, "<image>": 3.0}[boost]
-    return ours, theirs
+        ours.model.lang_encoder.get_output_embeddings().weight[row] *= {EOC: 5.0, "<image>": 3.0}[boost]
+    return ours
+
+
+def generation_pair(boost: str) -> tuple[FlamingoWrapper, nn.Module]:
+    """`generation_model` and the reference at equal weights."""
+    ours = generation_model(boost)
+    return ours, reference_flamingo(
+        ours.model, parse_arch(ours.cfg, FlamingoArch), ours.tokenizer.convert_tokens_to_ids(EOC)
+    )
 
 
 def reference_inputs(ours: FlamingoWrapper) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,7 +203,7 @@ def argmax_loop(
 
 
 def test_batched_cached_greedy_equals_an_uncached_argmax_loop():
-    ours, _ = generation_pair(EOC)
+    ours = generation_model(EOC)
     eoc, n = ours.tokenizer.convert_tokens_to_ids(EOC), 8
     ids = generate_ids(ours, IMAGES, PROMPTS, max_new_tokens=n)
     assert_nontrivial(ids, eoc, n)
@@ -213,7 +220,7 @@ def test_batched_cached_greedy_equals_an_uncached_argmax_loop():
 @torch.no_grad()
 def test_prompts_without_images_run_text_only():
     """T_i = 0 for every prompt: no media at all, the text-only forward's greedy tokens and scores."""
-    ours, _ = generation_pair(EOC)
+    ours = generation_model(EOC)
     prompts, none = ["a red circle on the", "two blue squares<|endofchunk|>three"], [torch.zeros(0, 3, 32, 32)] * 2
     ids = generate_ids(ours, none, prompts, max_new_tokens=4)
     for i, prompt in enumerate(prompts):
@@ -264,7 +271,7 @@ def test_loglikelihoods_match_the_reference_forward(normalize):
 def test_batched_cached_loglikelihoods_equal_per_sample_uncached_ones(normalize):
     """Left padding, the prompt cache shared by all continuations, positions and masks: equal to each sequence
     alone through our uncached forward."""
-    ours, _ = tiny_pair(True)
+    ours = tiny_flamingo()
     plain = scores_the_plain_way(
         lambda ids, px: ours.model(ids, None, px), ours, IMAGES, PROMPTS, CONTINUATIONS, normalize
     )
