@@ -46,7 +46,7 @@ def encode(model: FlamingoWrapper, texts: list[str]) -> tuple[torch.Tensor, torc
 # ---- contract -------------------------------------------------------------------------------------------------
 def test_tiny_preset_has_the_declared_capabilities():
     model = tiny(seed=None)  # build time: benchmarks/build.py (no timed tests)
-    assert model.capabilities == Capability.IMAGE | Capability.TEXT | Capability.FUSION
+    assert model.capabilities == Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.GENERATE
     assert Capability.CONTRASTIVE not in model.capabilities
     assert model.feature_dims == {"image": 24, "text": 32, "pair": 32}
     assert sorted(model.model.gated_cross_attn_layers) == ["1", "3"]  # before layers i with (i+1) % 2 == 0

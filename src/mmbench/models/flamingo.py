@@ -23,6 +23,11 @@ masking modes) and against OpenFlamingo-layout checkpoints in tests/test_flaming
   `tokenize(texts)` produced and, when they hold no `<image>` token, inserts one at the start of every row (after a
   BOS token if every row starts with one), OpenFlamingo's "<image>text" prompt. Tokens that already hold
   `<image>` tokens are used as they are, with `pixel_values` (B, T_img, C, H, W) giving their T_img images.
+- Cross-attention per LM call: a forward pre-hook on the LM's base model reads each call's input_ids and sets every
+  token's text time (which image it sees) before the decoder layers run, so the blocks stay right under a KV cache.
+  Inside `conditioned(media, cached=True)` (generation, scoring after a prefill) OpenFlamingo's cached-media rule
+  applies: a call whose tokens hold no `<image>` continues after the last conditioned locations (see
+  `_condition_call`). GENERATE (`generate`, `loglikelihood`) lives in `flamingo_generate`.
 - Weights: the backbones come from `arch.vision_encoder` / `arch.lang_encoder` (or are random for `random_init`
   presets); the preset's `checkpoint` names the OpenFlamingo `checkpoint.pt` (hub repo, directory or file) that is
   loaded over them (see `flamingo_checkpoint`). Without one the resampler and blocks keep their seeded init.
@@ -43,9 +48,10 @@ from torch import Tensor, nn
 
 from mmbench.errors import ConfigError
 from mmbench.models.arch import did_you_mean
-from mmbench.models.base import Capability, ModelWrapper, parse_arch
+from mmbench.models.base import CHUNK_END_MARKER, MEDIA_MARKER, Capability, ModelWrapper, parse_arch
 from mmbench.models.flamingo_checkpoint import CheckpointReport, load_openflamingo_checkpoint, resolve_checkpoint_file
-from mmbench.models.flamingo_layers import GatedCrossAttentionBlock, PerceiverResampler
+from mmbench.models.flamingo_generate import continuation_logprobs, generate_ids
+from mmbench.models.flamingo_layers import GatedCrossAttentionBlock, PerceiverResampler, media_time
 from mmbench.models.hf import load_or_init, tokenize
 from mmbench.schema import ModelConfig
 
@@ -105,6 +111,16 @@ def decoder_layer_list(lang_encoder: nn.Module, path: str) -> nn.ModuleList:
     return module
 
 
+@dataclass
+class MediaConditioning:
+    """What the gated blocks attend to while `Flamingo.conditioned` is active."""
+
+    media: Tensor | None  # (B, T_img, n, Dv) resampled images; None: text only
+    cached: bool  # OpenFlamingo's `_use_cached_vision_x`: calls may continue a KV cache
+    locations: Tensor | None = None  # (B, T) bool: the media locations last conditioned on
+    text_time: Tensor | None = None  # (B, T_call): the image each token of the LM call under way sees
+
+
 class Flamingo(nn.Module):
     """Vision encoder -> Perceiver Resampler -> gated cross-attention into a causal LM."""
 
@@ -142,10 +158,15 @@ class Flamingo(nn.Module):
             raise ConfigError(f"key 'arch.cross_attn_every_n_layers': exceeds the LM's {len(layers)} layers")
         for key in self.gated_cross_attn_layers:
             layers[int(key)].register_forward_pre_hook(partial(self._cross_attend, key), with_kwargs=True)
-        self._media: tuple[Tensor | None, Tensor] | None = None  # (media, media_locations) during a forward
+        # Each call of the LM's base model (prefill, every decode step) first reads its input_ids for media tokens.
+        lang_encoder.base_model.register_forward_pre_hook(self._condition_call, with_kwargs=True)
+        self._conditioning: MediaConditioning | None = None  # set inside `conditioned`
 
     def encode_media(self, pixel_values: Tensor) -> Tensor:
-        """(B, T_img, C, H, W) images -> (B, T_img, num_latents, Dv) resampled visual tokens."""
+        """(B, T_img, C, H, W) images, or (B, C, H, W) one per sample -> (B, T_img, num_latents, Dv) resampled
+        visual tokens."""
+        if pixel_values.ndim == 4:  # one image per sample
+            pixel_values = pixel_values[:, None]  # (B, 1, C, H, W)
         b, t = pixel_values.shape[:2]
         out = self.vision_encoder(pixel_values=pixel_values.flatten(0, 1), interpolate_pos_encoding=True)
         patches = out.last_hidden_state[:, 1:]  # (B*T_img, P, Dv): no CLS, before the post-LayerNorm
@@ -153,45 +174,68 @@ class Flamingo(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None):
         """Next-token logits (B, T, V); `pixel_values` (B, T_img, C, H, W) or None for text only."""
-        with self._conditioned(input_ids, pixel_values):
+        media = self.encode_media(pixel_values) if pixel_values is not None else None
+        with self.conditioned(media):
             return self.lang_encoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def hidden_states(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None
     ) -> Tensor:
         """The LM's final hidden states (B, T, D), i.e. what its LM head reads."""
-        with self._conditioned(input_ids, pixel_values):
+        media = self.encode_media(pixel_values) if pixel_values is not None else None
+        with self.conditioned(media):
             out = self.lang_encoder.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state  # (B, T, D)
 
     @contextmanager
-    def _conditioned(self, input_ids: Tensor, pixel_values: Tensor | None) -> Iterator[None]:
-        media_locations = input_ids == self.media_token_id  # (B, T)
-        media = None
-        if pixel_values is not None:
-            if pixel_values.ndim == 4:  # one image per sample
-                pixel_values = pixel_values[:, None]  # (B, 1, C, H, W)
-            media = self.encode_media(pixel_values)  # (B, T_img, n, Dv)
-            most = int(media_locations.sum(dim=-1).max()) if media_locations.numel() else 0
-            if most > media.shape[1]:
-                raise ValueError(f"a text holds {most} media tokens but only {media.shape[1]} images were given")
-        self._media = (media, media_locations)
+    def conditioned(self, media: Tensor | None, cached: bool = False) -> Iterator[MediaConditioning]:
+        """Within this context every LM call cross-attends to `media` (B, T_img, n, Dv) from `encode_media` (None:
+        text only). `cached=True` is for calls that continue a KV cache (`lang_encoder.generate`, scoring after a
+        prefill): OpenFlamingo's cached-media rule then applies (`_condition_call`)."""
+        self._conditioning = MediaConditioning(media, cached)
         try:
-            yield
+            yield self._conditioning
         finally:
-            self._media = None
+            self._conditioning = None
+
+    def _condition_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of the LM's base model: each token's text time for this call, OpenFlamingo's rule
+        (`FlamingoLMMixin.forward` + `MaskedCrossAttention(use_cached_media=...)`): if the media are cached (`cached`),
+        a previous call conditioned the locations and this call's input_ids hold no media token, every token's text
+        time is the count of media tokens in the last conditioned locations (a decode step continues after the
+        prompt's last image); otherwise this call's input_ids become the locations and text time is their running
+        count. So a decode step that emits `<image>` re-conditions: in that step and every later one, the rows that
+        emitted it see image 1 and the other rows none, exactly as in the reference (which does not reorder the
+        locations across beams either)."""
+        state = self._conditioning
+        if state is None:  # the LM called on its own, not through this module: leave it unchanged
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            raise TypeError(f"{type(module).__name__} got no input_ids: Flamingo finds its media tokens in them")
+        locations = input_ids == self.media_token_id  # (B, T)
+        if state.cached and state.locations is not None and not locations.any():
+            count = state.locations.sum(dim=-1, keepdim=True)  # (B, 1)
+            state.text_time = count.expand_as(locations)  # (B, T)
+            return
+        state.locations = locations
+        state.text_time = media_time(locations)  # (B, T)
+        if state.media is not None and locations.numel():
+            most = int(state.text_time[:, -1].max())
+            if most > state.media.shape[1]:
+                raise ValueError(f"a text holds {most} media tokens but only {state.media.shape[1]} images were given")
 
     def _cross_attend(self, key: str, layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Forward pre-hook of decoder layer `key`: run its gated block on the layer's input hidden states."""
-        if self._media is None:  # the LM called on its own, not through this module: leave it unchanged
+        state = self._conditioning
+        if state is None:  # the LM called on its own, not through this module: leave it unchanged
             return None
-        block = self.gated_cross_attn_layers[key]
-        media, media_locations = self._media
+        block = partial(self.gated_cross_attn_layers[key], media=state.media, text_time=state.text_time)
         if args:
-            return (block(args[0], media, media_locations), *args[1:]), kwargs
+            return (block(args[0]), *args[1:]), kwargs
         if "hidden_states" not in kwargs:
             raise TypeError(f"{type(layer).__name__} got no positional or `hidden_states` input to cross-attend")
-        kwargs["hidden_states"] = block(kwargs["hidden_states"], media, media_locations)
+        kwargs["hidden_states"] = block(kwargs["hidden_states"])
         return args, kwargs
 
 
@@ -246,7 +290,7 @@ def tiny_flamingo_tokenizer(max_length: int = 77, flamingo_tokens: bool = True) 
 
 
 class FlamingoWrapper(ModelWrapper):
-    capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION
+    capabilities = Capability.IMAGE | Capability.TEXT | Capability.FUSION | Capability.GENERATE
     arch_schema = FlamingoArch
 
     @classmethod
@@ -267,6 +311,7 @@ class FlamingoWrapper(ModelWrapper):
         super().__init__(cfg)
         self.model = model
         self.tokenizer = tokenizer
+        self.arch = parse_arch(cfg, FlamingoArch)
         # Right padding keeps every row's positions starting at 0: HF causal LMs number positions from the start
         # of the sequence, not from the first real token.
         self.tokenizer.padding_side = "right"
@@ -333,6 +378,40 @@ class FlamingoWrapper(ModelWrapper):
         input_ids, mask = self._with_media_token(tokens["input_ids"], tokens.get("attention_mask"))
         hidden = self.model.hidden_states(input_ids, mask, pixel_values)  # (B, T+1, D)
         return last_token_states(hidden, mask)  # (B, D)
+
+    def generate(
+        self,
+        images: list[Tensor],
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        num_beams: int = 1,
+        min_new_tokens: int = 0,
+        length_penalty: float = 1.0,
+    ) -> list[str]:
+        ids = generate_ids(
+            self,
+            images,
+            self._own_markers(prompts),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            min_new_tokens=min_new_tokens,
+            length_penalty=length_penalty,
+        )
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def loglikelihood(
+        self, images: list[Tensor], prompts: list[str], continuations: list[str], normalize_length: bool = False
+    ) -> Tensor:
+        return continuation_logprobs(self, images, self._own_markers(prompts), continuations, normalize_length)
+
+    def _own_markers(self, prompts: list[str]) -> list[str]:
+        """The contract's `<image>` / `<|endofchunk|>` in the preset's spelling (OpenFlamingo's by default)."""
+        pairs = [(MEDIA_MARKER, self.arch.media_token), (CHUNK_END_MARKER, self.arch.end_of_chunk_token)]
+        pairs = [(a, b) for a, b in pairs if a != b]
+        for a, b in pairs:
+            prompts = [p.replace(a, b) for p in prompts]
+        return prompts
 
     def _with_media_token(self, input_ids: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Insert `<image>` at the start of every row unless the tokens already place their media tokens."""

@@ -10,6 +10,11 @@ tests/test_flamingo_parity.py.
 One deliberate difference: text with no preceding image gets no cross-attention in *both* masking modes. The
 reference zeroes it only when `only_attend_immediate_media=True`; with False, such a token's fully masked
 scores turn into a uniform average over all images. Released OpenFlamingo models use True, where both agree.
+
+Which image a token sees is its "text time" (`media_time`): the 1-based index of the latest `<image>` at or before
+it. The blocks take it from `media_locations`, or ready-made as `text_time` when the caller knows better: under a
+KV cache a decode step's tokens hold no `<image>`, and `Flamingo` gives them the count of the prompt's images
+(OpenFlamingo's `use_cached_media`, see `flamingo.py`).
 """
 
 from __future__ import annotations
@@ -105,12 +110,11 @@ class MaskedCrossAttention(nn.Module):
         self.to_kv = nn.Linear(dim_visual, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: Tensor, media: Tensor, media_locations: Tensor) -> Tensor:
-        """x (B, T, D) text states; media (B, T_img, n, Dv); media_locations (B, T) bool -> (B, T, D)."""
-        if media_locations.shape != x.shape[:2]:
-            raise ValueError(f"media_locations {tuple(media_locations.shape)} does not match text {tuple(x.shape[:2])}")
+    def forward(self, x: Tensor, media: Tensor, text_time: Tensor) -> Tensor:
+        """x (B, T, D) text states; media (B, T_img, n, Dv); text_time (B, T) from `media_time` -> (B, T, D)."""
+        if text_time.shape != x.shape[:2]:
+            raise ValueError(f"text_time {tuple(text_time.shape)} does not match text {tuple(x.shape[:2])}")
         t_img, n = media.shape[1:3]
-        text_time = media_time(media_locations)  # (B, T)
         image_of_key = torch.arange(1, t_img + 1, device=x.device).repeat_interleave(n)  # (T_img*n,)
         if self.only_attend_immediate_media:
             allowed = text_time[:, :, None] == image_of_key  # (B, T, T_img*n)
@@ -146,11 +150,16 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = FeedForward(dim, ff_mult)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: Tensor, media: Tensor | None, media_locations: Tensor | None) -> Tensor:
-        """x (B, T, D) -> (B, T, D). `media=None` (text only) skips the attention, whose output would be all zeros,
-        but keeps the gated feed-forward, exactly as for text before the first image."""
+    def forward(
+        self, x: Tensor, media: Tensor | None, media_locations: Tensor | None = None, text_time: Tensor | None = None
+    ) -> Tensor:
+        """x (B, T, D) -> (B, T, D); which image each token sees from `media_locations` (B, T) bool, or from a
+        ready-made `text_time` (B, T). `media=None` (text only) skips the attention, whose output would be all
+        zeros, but keeps the gated feed-forward, exactly as for text before the first image."""
         if media is not None:
-            if media_locations is None:
-                raise ValueError("media given without media_locations")
-            x = self.attn(x, media, media_locations) * self.attn_gate.tanh() + x
+            if (media_locations is None) == (text_time is None):
+                raise ValueError("media needs exactly one of media_locations and text_time")
+            if text_time is None:
+                text_time = media_time(media_locations)  # (B, T)
+            x = self.attn(x, media, text_time) * self.attn_gate.tanh() + x
         return self.ff(x) * self.ff_gate.tanh() + x
