@@ -240,7 +240,8 @@ def _table(args: argparse.Namespace) -> int:
     table.write(board, out)
     if args.print_:
         print(board.markdown)
-    print(f"wrote {out} and {out.with_suffix('.csv')}")
+    extra = f" and {table.incontext_csv_path(out)}" if board.incontext_csv else ""
+    print(f"wrote {out}, {out.with_suffix('.csv')}{extra}")
     return 0
 
 
