@@ -94,13 +94,18 @@ _SPLIT_WORDS = frozenset({"cannot", "gonna", "gotta", "lemme", "gimme", "wanna"}
 _BLANK_LINE = regex.compile(f"(?:{SPACE}|{NEWLINE})*")
 
 
+# A tag whose quoted attribute could run on into the next line (an over-approximation: "<", a letter, then a quote).
+_OPEN_TAG = regex.compile("<[A-Za-z][^\n]*['\"]")
+
+
 def _windows(text: str) -> tuple[list[int], list[int]]:
     """Line starts, and for each line how far a match starting on it can reach (see `_scan`)."""
     starts = [0] + [m.end() for m in regex.finditer("\n", text)]
     ends = starts[1:] + [len(text) + 1]  # each line's end, its newline included
     reach, nonblank_after = [0] * len(starts), len(text)
     for i in range(len(starts) - 1, -1, -1):
-        reach[i] = nonblank_after if "<" not in text[starts[i] : nonblank_after] else len(text)
+        open_tag = _OPEN_TAG.search(text, starts[i], nonblank_after)
+        reach[i] = len(text) if open_tag else nonblank_after
         if not _BLANK_LINE.fullmatch(text, starts[i], ends[i] - 1):
             nonblank_after = min(ends[i], len(text))
     return starts, reach
@@ -113,7 +118,7 @@ def _scan(text: str) -> Iterator[str]:
     characters, "-" or "/", as far as the search may reach: scanning to the end made tokenizing quadratic). Only two
     things let a match cross a line: an acronym's lookahead over blank lines to the next word, and an SGML tag's
     quoted attribute; so the window is the rest of the line and the next non-blank line, or the whole text when a
-    "<" is in it.
+    tag with a quote may start in it.
     """
     starts, reach = _windows(text)
     pos, end, line = 0, len(text), 0
