@@ -11,7 +11,8 @@ module computes the same thing: `ptb_tokenize` / `tokenize_captions` replay the 
   being the number of evaluated images with it in at least one reference (the idf comes from the evaluated set);
 - per n, the cosine of candidate and reference vectors with the candidate's weights clipped at the reference's
   (min(c, r) * r), not divided when either norm is 0, times a length penalty exp(-delta^2 / (2 * 6^2)) where delta
-  is the difference in *bigram* counts (pycocoevalcap counts length that way: one word or none both give 0);
+  is the difference in *bigram* counts (pycocoevalcap's "length"; it differs from a word count only for an empty
+  caption, which scores 0 anyway);
 - the image's score is 10 x the mean over n, averaged over its references; the corpus score is the mean over
   images. Returned as pycocoevalcap returns it (COCO papers print 100x this).
 
