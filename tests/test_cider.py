@@ -21,7 +21,8 @@ def _pycocoevalcap(java: bool):
     if java and shutil.which("java") is None:
         pytest.skip("pycocoevalcap's PTBTokenizer runs a jar: java is not on PATH")
     cider_module = pytest.importorskip(
-        "pycocoevalcap.cider.cider", reason="pip install --no-deps -r requirements/parity.txt"
+        "pycocoevalcap.cider.cider",
+        reason="pycocoevalcap is not installed (pip install --no-deps -r requirements/parity.txt)",
     )
     tokenizer_module = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
     return cider_module.Cider, tokenizer_module.PTBTokenizer
