@@ -78,6 +78,31 @@ def test_hateful_memes_scores_are_the_class_loglikelihoods(model, registry, tmp_
     assert res.metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, p_yes), abs=1e-6)
 
 
+@pytest.mark.parametrize("model", GENERATORS)
+def test_captioning_scores_the_runs_captions_against_their_own_references(model, registry, tmp_path):
+    """CIDEr of the result equals `cider` recomputed from the predictions file and the split's references; the
+    references gathered with each caption are that image's (checked against the reader), so that a caption model
+    that copied its first reference would score as pycocoevalcap scores it."""
+    from mmbench.metrics.cider import cider
+
+    res = _fewshot(model, "coco_fewshot", tmp_path, "task.incontext.shots=2", limit=10, cache_dir=tmp_path / "c")
+    task = registry.task("coco_fewshot")
+    refs = {
+        r["index"]: r["captions"] for r in open_reader(task, ensure(task, tmp_path / "c")).random_access("test", 10)
+    }
+    captions = {row["index"]: row["caption"] for row in json.loads(Path(res.details["predictions"]).read_text())}
+    assert sorted(captions) == sorted(refs) == list(range(10))
+    assert res.metrics["cider"] == cider(captions, refs).score
+    (saved,) = (tmp_path / "c" / "incontext" / model / "coco_fewshot").glob("*/trial-42/outputs.pt")
+    out = torch.load(saved, weights_only=True)
+    gathered = {
+        int(i): bytes(b for b in r.tolist() if b).decode().split("\n") for i, r in zip(out["index"], out["references"])
+    }
+    assert gathered == refs
+    copied = cider({i: refs[i][0] for i in refs}, refs).score
+    assert copied > 1.0  # a caption equal to one of five references scores far above a random model's
+
+
 def test_a_model_that_cannot_generate_is_na_per_shot_count(tmp_path):
     res = _fewshot("clip-tiny", "vqav2_fewshot", tmp_path, "task.incontext.shots=8")
     assert res.status == "n/a" and "GENERATE" in res.reason and res.details == {"shots": 8, "demonstrations": "random"}
