@@ -21,7 +21,7 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 DOMAINS = ("language", "vision", "multimodal")
-PROTOCOLS = ("retrieval", "linear_probe", "finetune", "incontext")
+PROTOCOLS = ("retrieval", "linear_probe", "finetune", "incontext", "zeroshot")
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")  # torchvision's
 
 
@@ -157,6 +157,13 @@ class RetrievalParams:
 
     def cross_check(self) -> tuple[str, str] | None:
         return ("ks", "is empty (expected at least one k)") if not self.ks else None
+
+
+@dataclass
+class ZeroShotParams:
+    """Zero-shot classification from class-name prompts (CLIP §3.1.4, CLIP_benchmark); see protocols/zeroshot.py."""
+
+    batch_size: int = at_least(64, 1)
 
 
 @dataclass
@@ -300,6 +307,7 @@ class TaskConfig:
     linear_probe: LinearProbeParams = field(default_factory=LinearProbeParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     incontext: InContextParams = field(default_factory=InContextParams)
+    zeroshot: ZeroShotParams = field(default_factory=ZeroShotParams)
 
 
 def result_name(task: TaskConfig) -> str:

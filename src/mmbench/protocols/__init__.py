@@ -15,6 +15,7 @@ PROTOCOLS: dict[str, str] = {
     "finetune": "mmbench.protocols.finetune:run",
     "linear_probe": "mmbench.protocols.linear_probe:run",
     "incontext": "mmbench.protocols.incontext:run",
+    "zeroshot": "mmbench.protocols.zeroshot:run",
 }
 
 
