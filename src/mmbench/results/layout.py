@@ -30,6 +30,7 @@ from mmbench.errors import ConfigError, DataError
 
 LAYOUT_FILE = "table4.yaml"
 INCONTEXT_FILE = "incontext.yaml"
+ZEROSHOT_FILE = "zeroshot.yaml"  # read by zeroshot_table
 _ROW_KEYS = ("domain", "task", "score", "label", "metric")
 _DOMAIN_KEYS = ("name", "heading", "average")
 
@@ -143,8 +144,12 @@ def reported_dirs(extra: Path | None = None) -> list[Path]:
     extra = Path(extra)
     if not extra.is_dir():
         raise DataError(f"{extra}: no such folder of reported numbers")
-    if not any(extra.glob("*.json")) and not any((extra / f).is_file() for f in (LAYOUT_FILE, INCONTEXT_FILE)):
-        raise DataError(f"{extra}: holds no reported <name>.json, no {LAYOUT_FILE} and no {INCONTEXT_FILE}")
+    if not any(extra.glob("*.json")) and not any(
+        (extra / f).is_file() for f in (LAYOUT_FILE, INCONTEXT_FILE, ZEROSHOT_FILE)
+    ):
+        raise DataError(
+            f"{extra}: holds no reported <name>.json, no {LAYOUT_FILE}, {INCONTEXT_FILE} or {ZEROSHOT_FILE}"
+        )
     try:
         builtin = default_reported_dir()
     except ConfigError:
@@ -246,8 +251,10 @@ def _read_reported_json(path: Path) -> dict[str, Any]:
     for key in ("name", "source"):
         if key not in data:
             raise DataError(f"{path}: missing key {key!r}")
-    if "scores" not in data and "incontext" not in data:
-        raise DataError(f"{path}: missing key 'scores' (Table-4 numbers) or 'incontext' (few-shot numbers)")
+    if "scores" not in data and "incontext" not in data and "zeroshot" not in data:
+        raise DataError(
+            f"{path}: missing key 'scores' (Table-4 numbers), 'incontext' (few-shot numbers) or 'zeroshot' (zero-shot)"
+        )
     if not isinstance(data["name"], str) or not data["name"]:
         raise DataError(f"{path}: key 'name': expected the column header as a non-empty string")
     return data

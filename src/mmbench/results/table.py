@@ -2,8 +2,8 @@
 
 Public functions (pure; the CLI `mmbench table [--results DIR] [--out FILE] [--check]` only calls them):
 
-    board = render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard  # .markdown .csv .incontext_csv
-    write(board, out_md: Path) -> None            # LEADERBOARD.md, LEADERBOARD.csv (+ -incontext.csv) beside it
+    board = render(results_dir, reported_dir=None) -> Leaderboard  # .markdown .csv .zeroshot_csv .incontext_csv
+    write(board, out_md: Path) -> None            # LEADERBOARD.md, LEADERBOARD.csv (+ -zeroshot/-incontext.csv)
     check(board, out_md: Path) -> list[str]       # differences from the committed files; [] when equal
     domain_averages(scores_by_task, layout) -> {"language": x | None, "vision": ..., "multimodal": ..., "macro": ...}
 
@@ -17,9 +17,11 @@ real one. A measured number from another split than a reported column's (VQAv2: 
 the paper), or beside one whose split the source does not state, carries a note saying so. The output is
 deterministic (sorted columns, no paths, times or dates) so that CI can diff it.
 
-Results of protocol `incontext` (few-shot, one file per shot count) never enter Table 4 or its averages: they go to
-an in-context section after it (`incontext_table`), rendered only when such results exist, whose CSV is a second
-file, `LEADERBOARD-incontext.csv`, so that LEADERBOARD.csv keeps its columns for its readers.
+Results of protocol `zeroshot` (zero-shot classification on Table 4's 22 vision datasets) and `incontext` (few-shot,
+one file per shot count) never enter Table 4 or its averages: they go to sections after it, zero-shot first
+(`zeroshot_table`, its own average), then in-context (`incontext_table`), each rendered only when such results
+exist, each with its own CSV (`LEADERBOARD-zeroshot.csv`, `LEADERBOARD-incontext.csv`) so that LEADERBOARD.csv
+keeps its columns for its readers.
 Malformed inputs raise `DataError` / `ConfigError` naming the file and key.
 """
 
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from mmbench.errors import DataError
 from mmbench.paths import atomic_write_text
-from mmbench.results import incontext_table, store
+from mmbench.results import incontext_table, store, zeroshot_table
 from mmbench.results.cells import NA, NOT_RUN, fmt, md  # NA in `scores_by_task`: a task the model cannot do
 from mmbench.results.layout import (
     Layout,
@@ -61,11 +63,25 @@ class Leaderboard:
     markdown: str
     csv: str
     incontext_csv: str = ""  # "" when there are no in-context results (and so no in-context section)
+    zeroshot_csv: str = ""  # "" when there are no zero-shot results (and so no zero-shot section)
 
 
 def incontext_csv_path(out_md: Path) -> Path:
     """Where the in-context section's CSV goes beside `out_md`: LEADERBOARD-incontext.csv."""
     return Path(out_md).with_name(f"{Path(out_md).stem}-incontext.csv")
+
+
+def zeroshot_csv_path(out_md: Path) -> Path:
+    """Where the zero-shot section's CSV goes beside `out_md`: LEADERBOARD-zeroshot.csv."""
+    return Path(out_md).with_name(f"{Path(out_md).stem}-zeroshot.csv")
+
+
+def _section_csvs(leaderboard: Leaderboard, out_md: Path) -> list[tuple[Path, str, str]]:
+    """(path, content or "", what its results are called) of each section's CSV beside `out_md`."""
+    return [
+        (zeroshot_csv_path(out_md), leaderboard.zeroshot_csv, "zero-shot"),
+        (incontext_csv_path(out_md), leaderboard.incontext_csv, "in-context"),
+    ]
 
 
 def domain_averages(scores_by_task: Mapping[str, Mapping[str, float] | str], layout: Layout) -> dict[str, float | None]:
@@ -122,7 +138,12 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
     reference: dict[str, _Column] = {}
     other: dict[tuple, _Column] = {}
     incontext: list[incontext_table.Run] = []
+    zeroshot: list[zeroshot_table.Run] = []
     for root, path, res in _read_runs(results_dir):
+        if res.protocol == zeroshot_table.ZEROSHOT:
+            grade = root == results_dir and res.is_reference_grade
+            zeroshot.append(zeroshot_table.Run(path, res, grade, res.model if grade else _other_header(res)))
+            continue
         if res.protocol == incontext_table.INCONTEXT:
             grade = root == results_dir and res.is_reference_grade
             incontext.append(incontext_table.Run(path, res, grade, res.model if grade else _other_header(res)))
@@ -164,27 +185,36 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     writer.writerows(rows)
+    zeroshot_layout = zeroshot_table.layout_of(sources)
+    zs = zeroshot_table.render_section(
+        zeroshot, zeroshot_layout, zeroshot_table.load_reported(sources, zeroshot_layout)
+    )
+    md += ["", *zs.markdown] if zs else []
     incontext_layout = incontext_layout_of(sources)
     section = incontext_table.render_section(
         incontext, incontext_layout, load_reported_incontext(sources, incontext_layout)
     )
-    if section is None:
-        return Leaderboard(markdown="\n".join(md) + "\n", csv=buf.getvalue())
-    md += ["", *section.markdown]
-    return Leaderboard(markdown="\n".join(md) + "\n", csv=buf.getvalue(), incontext_csv=section.csv)
+    md += ["", *section.markdown] if section else []
+    return Leaderboard(
+        markdown="\n".join(md) + "\n",
+        csv=buf.getvalue(),
+        incontext_csv=section.csv if section else "",
+        zeroshot_csv=zs.csv if zs else "",
+    )
 
 
 def write(leaderboard: Leaderboard, out_md: Path) -> None:
     """Write `out_md` and the CSV beside it (same stem), each via a temporary file and `os.replace`; the
-    in-context CSV too when there is an in-context section, and otherwise remove one left by an earlier render (it
-    would describe results that are gone)."""
+    zero-shot and in-context CSVs too when there is such a section, and otherwise remove one left by an earlier
+    render (it would describe results that are gone)."""
     out_md = Path(out_md)
     atomic_write_text(out_md, leaderboard.markdown)
     atomic_write_text(out_md.with_suffix(".csv"), leaderboard.csv)
-    if leaderboard.incontext_csv:
-        atomic_write_text(incontext_csv_path(out_md), leaderboard.incontext_csv)
-    else:
-        incontext_csv_path(out_md).unlink(missing_ok=True)
+    for path, content, _ in _section_csvs(leaderboard, out_md):
+        if content:
+            atomic_write_text(path, content)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
@@ -198,14 +228,14 @@ def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
         committed = path.read_text()
         if committed != fresh:
             problems += _line_differences(path, committed.splitlines(), fresh.splitlines())
-    path = incontext_csv_path(out_md)
-    if leaderboard.incontext_csv:
-        if not path.is_file():
-            problems.append(f"{path}: missing; run `mmbench table` to create it")
-        elif path.read_text() != leaderboard.incontext_csv:
-            problems += _line_differences(path, path.read_text().splitlines(), leaderboard.incontext_csv.splitlines())
-    elif path.is_file():
-        problems.append(f"{path}: a fresh render has no in-context results; run `mmbench table` to remove it")
+    for path, fresh, kind in _section_csvs(leaderboard, out_md):
+        if fresh:
+            if not path.is_file():
+                problems.append(f"{path}: missing; run `mmbench table` to create it")
+            elif path.read_text() != fresh:
+                problems += _line_differences(path, path.read_text().splitlines(), fresh.splitlines())
+        elif path.is_file():
+            problems.append(f"{path}: a fresh render has no {kind} results; run `mmbench table` to remove it")
     return problems
 
 
