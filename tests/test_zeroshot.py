@@ -232,3 +232,15 @@ def test_two_process_ddp_equals_single_process(tmp_path, cifar10):
         for d in "12"
     ]
     assert torch.equal(*embeddings)
+
+
+def test_imagenet_prompt_names_map_onto_clip_benchmarks_own_label_list(registry):
+    """CLIP's ImageNet list names two classes 'missile' and two 'sunglasses': the published classnames.txt (the
+    same list) must map by position, not trip the order check on the first of each pair."""
+    names = registry.task("imagenet_zeroshot").zeroshot.classnames
+    zeroshot.map_classnames(names, list(names), "prompts", "imagenet/classnames.txt")
+    folders = [n.replace(" ", "_").upper() for n in names]  # another spelling of the same list: still by position
+    zeroshot.map_classnames(names, folders, "prompts", "imagenet/classnames.txt")
+    swapped = [names[1], names[0], *names[2:]]
+    with pytest.raises(DataError, match=r"line 1 is 'goldfish', which is prompt class 2 of prompts"):
+        zeroshot.map_classnames(names, swapped, "prompts", "imagenet/classnames.txt")

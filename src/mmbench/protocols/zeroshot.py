@@ -61,10 +61,15 @@ def map_classnames(prompt_names: list[str], dataset_names: list[str], prompts_wh
             f"{labels_where}: {len(dataset_names)} classes, but the prompt class names of {prompts_where} are "
             f"{len(prompt_names)} (line i of {CLASSNAMES_FILE} is prompt class i)"
         )
-    position = {_norm(p): j for j, p in enumerate(prompt_names)}
+    # first position of each name: CLIP's ImageNet list names two classes 'missile' and two 'sunglasses'
+    position: dict[str, int] = {}
+    for j, p in enumerate(prompt_names):
+        position.setdefault(_norm(p), j)
     for i, name in enumerate(dataset_names):
+        if _norm(name) == _norm(prompt_names[i]):
+            continue
         j = position.get(_norm(name))
-        if j is not None and j != i:
+        if j is not None:
             raise DataError(
                 f"{labels_where}: line {i + 1} is {name!r}, which is prompt class {j + 1} of {prompts_where}: "
                 "the class orders differ"
