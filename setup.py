@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 # folder inside mmbench/registry/ -> (checkout folder, globs of the files to ship)
 REGISTRY = {
     "models": ("models", ("*.yaml",)),
-    "tasks": ("tasks", ("*.yaml", "*/*.yaml")),
+    "tasks": ("tasks", ("*.yaml", "*/*.yaml", "*/zeroshot/*.yaml")),  # zeroshot/: prompt files tasks include
     "reported": ("results/reported", ("*.yaml", "*.json")),
 }
 

@@ -75,9 +75,9 @@ def test_task_checks_protocol_and_metrics(tmp_path):
     with pytest.raises(ConfigError, match=r"t.yaml: key 'primary': 'tr_r5' is not among metrics"):
         reg.task("t")
     (tmp_path / "tasks" / "multimodal" / "t.yaml").write_text(
-        base.replace("retrieval\n", "zeroshot\n", 1) + "primary: tr_r1\n"
+        base.replace("retrieval\n", "segmentation\n", 1) + "primary: tr_r1\n"
     )
-    with pytest.raises(ConfigError, match=r"key 'protocol': 'zeroshot'"):
+    with pytest.raises(ConfigError, match=r"key 'protocol': 'segmentation'"):
         Registry([tmp_path]).task("t")
 
 

@@ -161,9 +161,27 @@ class RetrievalParams:
 
 @dataclass
 class ZeroShotParams:
-    """Zero-shot classification from class-name prompts (CLIP §3.1.4, CLIP_benchmark); see protocols/zeroshot.py."""
+    """Zero-shot classification from class-name prompts (CLIP §3.1.4, CLIP_benchmark); see protocols/zeroshot.py.
 
-    batch_size: int = at_least(64, 1)
+    The lists come from the task's prompt file (`tasks/vision/zeroshot/<dataset>.yaml`, included by the task), in
+    the dataset's label order; `prompt_source: dataset` reads the dataset's own `classnames.txt` and
+    `zeroshot_classification_templates.txt` instead (synthetic data always does: its classes are scene words).
+    """
+
+    batch_size: int = at_least(64, 1)  # image batch (extraction) and prompt batch (text tower)
+    prompt_source: str = one_of("task", "task", "dataset")
+    classnames: list[str] = field(default_factory=list)  # prompt class names, line i = label i of classnames.txt
+    templates: list[str] = field(default_factory=list)  # "{c}" is replaced by the class name
+    prompts_file: str = ""  # the repo file the two lists come from (named in errors and results)
+    classnames_source: str = ""  # where the class names were taken from
+    templates_source: str = ""  # where the templates were taken from
+    max_text_length: int | None = at_least(None, 1)  # None = the preset's max_text_length
+
+    def cross_check(self) -> tuple[str, str] | None:
+        for i, template in enumerate(self.templates):
+            if "{c}" not in template:
+                return f"templates[{i}]", f"{template!r} has no '{{c}}' for the class name"
+        return None
 
 
 @dataclass
