@@ -13,12 +13,13 @@ INCONTEXT := --group incontext --data synthetic --set task.incontext.trials=3
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 # CI's re-run slice of the committed synthetic results: each tiny preset on one task of every protocol (fine-tuning,
-# linear probe, zero-shot retrieval), from scratch into SLICE_DIR, compared with results/synthetic at SLICE_TOL score
-# points. Measured across ATEN_CPU_CAPABILITY=default/avx2/avx512 and MKL/oneDNN held to SSE4: every score equal
-# except beit3-tiny SST-2 (one sentence of 301: 0.33). 1.0 admits that 3x over, i.e. one flipped image of CIFAR-10's
-# 100 or three of SST-2's 301 sentences, and nothing a real change moves (a broken pipeline moves these by tens).
-# RTE is not the slice's GLUE task: beit3-tiny's synthetic RTE run ends anywhere in 52-64 depending on the CPU path.
-SLICE_TASKS := sst2 cifar10 flickr30k
+# linear probe, zero-shot retrieval, zero-shot classification, in-context), from scratch into SLICE_DIR, compared with
+# results/synthetic at SLICE_TOL score points. Measured across ATEN_CPU_CAPABILITY=default/avx2/avx512 and MKL/oneDNN
+# held to SSE4: every score equal except beit3-tiny SST-2 (one sentence of 301: 0.33). 1.0 admits that 3x over, i.e.
+# one flipped image of CIFAR-10's 100 or three of SST-2's 301 sentences, and nothing a real change moves (a broken
+# pipeline moves these by tens). RTE is not the slice's GLUE task: beit3-tiny's synthetic RTE run ends anywhere in
+# 52-64 depending on the CPU path.
+SLICE_TASKS := sst2 cifar10 flickr30k cifar10_zeroshot
 # ... and the in-context protocol: Hateful Memes at 4 shots (log-likelihoods; a generated answer of a random model
 # can flip on one rounding, a ROC-AUC over 300 memes moves by 1e-5 per swapped pair).
 SLICE_INCONTEXT := --task hateful_memes_fewshot --data synthetic --set task.incontext.shots=4 --set task.incontext.trials=3
@@ -41,7 +42,7 @@ setup: $(VENV)/.installed
 # tiny matmuls, for which one thread per process is fastest (more only adds OpenMP synchronisation).
 demo: export OMP_NUM_THREADS ?= 1
 demo: setup
-	$(BIN)/mmbench run --model clip-tiny --model flava-tiny --group flava35 --data synthetic --output .demo
+	$(BIN)/mmbench run --model clip-tiny --model flava-tiny --group flava35 --group zeroshot --data synthetic --output .demo
 	$(BIN)/mmbench run $(addprefix --model ,$(GENERATIVE_TINY)) $(INCONTEXT) --set task.incontext.shots=4 --output .demo
 	$(BIN)/mmbench table --results .demo --reported results/reported --out .demo/LEADERBOARD.md --print
 
@@ -57,7 +58,8 @@ KERNEL_TESTS ?= tests/test_linear_probe.py tests/test_logreg.py tests/test_probe
   tests/test_finetune_selection.py tests/test_finetune_metrics.py tests/test_learnability.py tests/test_run.py \
   tests/test_retrieval_metric.py tests/test_vqa_metric.py tests/test_models.py tests/test_image_size.py \
   tests/test_preprocess_parity.py tests/test_beit3.py tests/test_beit3_parity.py tests/test_flamingo.py \
-  tests/test_flamingo_parity.py tests/test_fingerprint.py
+  tests/test_flamingo_parity.py tests/test_fingerprint.py tests/test_flamingo_generate.py tests/test_idefics.py \
+  tests/test_zeroshot.py
 test-capabilities: setup
 	@for cap in $$($(BIN)/python .ci/capabilities.py); do \
 	  echo "== kernel-sensitive tests with ATEN_CPU_CAPABILITY=$$cap"; \
@@ -72,6 +74,7 @@ lint: setup
 synthetic-results: export OMP_NUM_THREADS ?= 1
 synthetic-results: setup
 	$(BIN)/mmbench run $(addprefix --model ,$(TINY_MODELS)) --group flava35 --data synthetic --redo --no-progress
+	$(BIN)/mmbench run $(addprefix --model ,$(TINY_MODELS)) --group zeroshot --data synthetic --redo --no-progress
 	for shots in $(INCONTEXT_SHOTS); do \
 	  $(BIN)/mmbench run $(addprefix --model ,$(GENERATIVE_TINY)) $(INCONTEXT) --set task.incontext.shots=$$shots \
 	    --redo --no-progress || exit 1; \
