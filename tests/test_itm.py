@@ -219,3 +219,34 @@ def test_rerank_off_leaves_the_committed_flava_tiny_result_as_it_was(tmp_path):
     res = _evaluate("flava-tiny", None, tmp_path, "task.retrieval.rerank_k=0", data="synthetic")
     assert res.config_hash == committed.config_hash and res.metrics == committed.metrics
     assert "rerank" not in res.details and "rerank_k" not in res.config["task"]["retrieval"]
+
+
+@pytest.mark.multiprocess
+def test_rerank_two_process_ddp_equals_single_process(tmp_path, flickr9):
+    """9 images in blocks of 2: rank 0 scores blocks 0,2,4 and rank 1 blocks 1,3; the gathered re-ranked recalls
+    and pair counts equal one process's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mmbench.results.store import result_path
+
+    base = [sys.executable, "-m", "mmbench", "run", "--model", "flava-tiny", "--task", "flickr30k", "--no-progress"]
+    base += ["--data-root", str(flickr9.parent), "--num-workers", "0", "--accelerator", "cpu", "--batch-size", "2"]
+    base += ["--set", "task.retrieval.rerank_k=3"]
+    for devices in ("1", "2"):
+        proc = subprocess.run(
+            [*base, "--devices", devices, "--output", str(tmp_path / devices)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    one = json.loads(result_path(tmp_path / "1", "flava-tiny", "flickr30k").read_text())
+    two = json.loads(result_path(tmp_path / "2", "flava-tiny", "flickr30k").read_text())
+    assert two["provenance"]["device"] == "cpu x2" and "tr_r1_itm" in one["metrics"]
+    assert two["metrics"] == one["metrics"] and two["config_hash"] == one["config_hash"]
+    r1, r2 = one["details"]["rerank"], two["details"]["rerank"]
+    assert r1["pairs_scored"] == r2["pairs_scored"] == sum(r2["pairs_per_rank"]) and len(r2["pairs_per_rank"]) == 2
