@@ -22,6 +22,8 @@ def test_flava_itm_logits_equal_flava_for_pretraining(registry):
     from mmbench.models.flava import flava_config
 
     wrapper = randomize_(build_model(registry.model("flava-tiny")), seed=3)
+    randomize_(wrapper.itm_head, seed=4)  # outside the wrapper's module tree
+    assert not any(k.startswith("itm_head") for k in wrapper.state_dict())  # fine-tuning state is the encoders'
     reference = FlavaForPreTraining(flava_config(wrapper.cfg, len(wrapper.tokenizer))).eval()
     reference.flava.load_state_dict(wrapper.model.state_dict(), strict=True)
     reference.itm_head.load_state_dict(wrapper.itm_head.state_dict(), strict=True)
@@ -50,6 +52,7 @@ def _saved_preset(registry, tmp_path, save_pretraining: bool):
     from mmbench.models.flava import flava_config
 
     original = randomize_(build_model(registry.model("flava-tiny")), seed=5)
+    randomize_(original.itm_head, seed=6)
     if save_pretraining:
         full = FlavaForPreTraining(flava_config(original.cfg, len(original.tokenizer)))
         full.flava.load_state_dict(original.model.state_dict())
@@ -154,6 +157,7 @@ def flava_ckpt(tmp_path_factory, registry) -> list[str]:
 
     path = tmp_path_factory.mktemp("ckpt") / "flava"
     model = randomize_(build_model(registry.model("flava-tiny")), seed=7)
+    randomize_(model.itm_head, seed=8)
     full = FlavaForPreTraining(flava_config(model.cfg, len(model.tokenizer)))
     full.flava.load_state_dict(model.model.state_dict())
     full.itm_head.load_state_dict(model.itm_head.state_dict())

@@ -11,8 +11,9 @@ ITM: `FlavaForPreTraining`'s image-text matching head (`itm_head`: tanh pooler o
 1 = match) on the same multimodal state. Released checkpoints are loaded through `FlavaForPreTraining` so that
 `facebook/flava-full`'s `itm_head.*` weights come with the encoders (codebook not built); a checkpoint without them
 (a `FlavaModel` save) loads the same encoders and lacks the ITM capability, with the reason. Random-init presets
-seed the head after the encoders, so the encoders' weights are those `FlavaModel` alone gets. The head is frozen:
-it is for evaluation, and fine-tuning never sees it. Proven in tests/test_itm.py against `FlavaForPreTraining`.
+seed the head after the encoders, so the encoders' weights are those `FlavaModel` alone gets. The head is frozen
+and outside the module tree: it is for evaluation, and fine-tuning never sees or saves it. Proven in
+tests/test_itm.py against `FlavaForPreTraining`.
 
 Any image size: `FlavaImageModel` takes HF's `interpolate_pos_encoding` (bicubic resize of the position table to
 the input's patch grid; the identity at the trained size), but `FlavaModel.forward` does not pass it on. So
@@ -86,11 +87,13 @@ class FlavaWrapper(ModelWrapper):
         super().__init__(cfg)
         self.model = model
         self.tokenizer = tokenizer
-        self.itm_head = itm_head  # HF `FlavaITMHead`, or None when the checkpoint has none
+        # HF `FlavaITMHead`, or None when the checkpoint has none. Kept outside the module tree (and so outside
+        # `state_dict`): fine-tuning checkpoints and run folders hold the encoders only, as before the head existed.
+        object.__setattr__(self, "_itm_head", itm_head)
         if itm_head is None:
             self.capabilities = type(self).capabilities & ~Capability.ITM
         else:
-            itm_head.requires_grad_(False)
+            itm_head.requires_grad_(False).eval()
         c = model.config
         self.feature_dims = {
             "image": c.image_config.hidden_size,
@@ -115,6 +118,10 @@ class FlavaWrapper(ModelWrapper):
             head = FlavaITMHead(model.config)
             head.apply(model._init_weights)  # HF's init (normal(0, initializer_range), zero biases)
         return cls(cfg, model, tokenizer, head)
+
+    @property
+    def itm_head(self) -> Any:
+        return self._itm_head
 
     def require(self, needed: Capability, what: str) -> None:
         if Capability.ITM in needed and self.itm_head is None:
@@ -174,7 +181,9 @@ class FlavaWrapper(ModelWrapper):
         """(B, 2) `FlavaForPreTraining.itm_logits` (no match, match) of aligned pairs."""
         if self.itm_head is None:
             raise self._no_itm("itm_logits")
-        return self.itm_head(self._fuse(image_states, tokens)[:, None])  # pooler reads [:, 0] -> (B, 2)
+        fused = self._fuse(image_states, tokens)  # (B, Dm)
+        head = self.itm_head.to(device=fused.device, dtype=fused.dtype)  # in place; a no-op once it is there
+        return head(fused[:, None])  # the pooler reads [:, 0] -> (B, 2)
 
     def itm_logits(self, pixel_values: Tensor, **tokens: Tensor) -> Tensor:
         return self.itm_logits_from_states(self.itm_image_states(pixel_values), **tokens)  # (B, 2)
