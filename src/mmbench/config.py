@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from mmbench.errors import ConfigError, UnknownNameError
-from mmbench.schema import DOMAINS, PROTOCOLS, FinetuneParams, ModelConfig, TaskConfig, out_of_range
+from mmbench.schema import DOMAINS, PROTOCOLS, RERANK_OFF, FinetuneParams, ModelConfig, TaskConfig, out_of_range
 
 _HASH_EXCLUDED_MODEL_KEYS = ("description",)
 _HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
@@ -315,6 +315,11 @@ def resolved_task_dict(task: TaskConfig) -> dict[str, Any]:
     for p in PROTOCOLS:
         if p != task.protocol:
             d.pop(p, None)
+    retrieval = d.get("retrieval")
+    if isinstance(retrieval, dict):  # re-ranking switched off is not recorded: earlier results keep their hash
+        for key, off in RERANK_OFF.items():
+            if retrieval.get(key) == off:
+                retrieval.pop(key)
     return d
 
 

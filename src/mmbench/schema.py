@@ -153,10 +153,17 @@ class RetrievalParams:
     ks: list[int] = at_least(lambda: [1, 5, 10], 1)
     captions_per_image: int = at_least(5, 1)  # keep the first N captions of each image (COCO has 6-7 for some)
     chunk_size: int = at_least(1024, 1)  # rows of the similarity matrix held at once
-    batch_size: int = at_least(64, 1)
+    batch_size: int = at_least(64, 1)  # images per batch; also (image, caption) pairs per ITM forward
+    # ITM re-ranking (FUSION models with an ITM head): each query's contrastive top `rerank_k` candidates are
+    # ranked by the ITM head, both ways; reported beside the contrastive recalls as `tr_r1_itm`, ... 0 = off. Left
+    # out of the recorded config (and so of the config hash) when off: results made before it existed stay valid.
+    rerank_k: int = at_least(0, 0)
 
     def cross_check(self) -> tuple[str, str] | None:
         return ("ks", "is empty (expected at least one k)") if not self.ks else None
+
+
+RERANK_OFF = {"rerank_k": 0}  # RetrievalParams' re-ranking keys at "off": not recorded (see resolved_task_dict)
 
 
 @dataclass

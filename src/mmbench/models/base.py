@@ -38,6 +38,7 @@ class Capability(enum.Flag):
     FUSION = enum.auto()  # pair_features
     CONTRASTIVE = enum.auto()  # image_embeddings / text_embeddings in a shared space
     GENERATE = enum.auto()
+    ITM = enum.auto()  # itm_image_states / itm_scores: an image-text matching head on the fusion encoder
 
 
 class ModelWrapper(nn.Module):
@@ -121,6 +122,22 @@ class ModelWrapper(nn.Module):
 
     def text_embeddings(self, **tokens: Tensor) -> Tensor:
         raise self._missing(Capability.CONTRASTIVE)
+
+    # ---- image-text matching (ITM) ----------------------------------------------------------------------------
+    def itm_image_states(self, pixel_values: Tensor) -> Tensor:
+        """(B, N, D): what the ITM head needs from each image, computed once per image and then paired with many
+        captions (`itm_scores_from_states`), as re-ranked retrieval does."""
+        raise self._missing(Capability.ITM)
+
+    def itm_scores_from_states(self, image_states: Tensor, **tokens: Tensor) -> Tensor:
+        """(B,) log-probability that caption i matches the image whose `itm_image_states` are row i: the ITM
+        head's log-softmax at "match". Training (cross-entropy over match / no match) fixes only the difference of
+        the two logits, so the match logit alone carries a per-pair offset that ranking must not depend on."""
+        raise self._missing(Capability.ITM)
+
+    def itm_scores(self, pixel_values: Tensor, **tokens: Tensor) -> Tensor:
+        """(B,) `itm_scores_from_states` for aligned (image i, caption i) pairs."""
+        return self.itm_scores_from_states(self.itm_image_states(pixel_values), **tokens)
 
     # ---- generation (GENERATE) -------------------------------------------------------------------------------
     def generate(
