@@ -211,6 +211,11 @@ def test_rerank_needs_an_itm_head(registry, flickr9, tmp_path):
     assert res.reason == (
         "model 'clip-tiny' has no ITM capability, which ITM re-ranked retrieval (task.retrieval.rerank_k=4) needs"
     )
+    # Its own file: a contrastive clip-tiny result beside it is never replaced by the re-ranked n/a.
+    from mmbench.results.store import read, result_path
+
+    assert read(result_path(tmp_path, "clip-tiny", "flickr30k-itm4")) == res
+    assert not result_path(tmp_path, "clip-tiny", "flickr30k").exists()
 
 
 def test_rerank_off_leaves_the_committed_flava_tiny_result_as_it_was(tmp_path):
@@ -248,8 +253,8 @@ def test_rerank_two_process_ddp_equals_single_process(tmp_path, flickr9):
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
-    one = json.loads(result_path(tmp_path / "1", "flava-tiny", "flickr30k").read_text())
-    two = json.loads(result_path(tmp_path / "2", "flava-tiny", "flickr30k").read_text())
+    one = json.loads(result_path(tmp_path / "1", "flava-tiny", "flickr30k-itm3").read_text())
+    two = json.loads(result_path(tmp_path / "2", "flava-tiny", "flickr30k-itm3").read_text())
     assert two["provenance"]["device"] == "cpu x2" and "tr_r1_itm" in one["metrics"]
     assert two["metrics"] == one["metrics"] and two["config_hash"] == one["config_hash"]
     r1, r2 = one["details"]["rerank"], two["details"]["rerank"]

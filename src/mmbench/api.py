@@ -283,6 +283,8 @@ def _run_one(
         details = {}
         if tcfg.protocol == "incontext":
             details = {"shots": tcfg.incontext.shots, "demonstrations": tcfg.incontext.demonstrations}
+        elif tcfg.protocol == "retrieval" and tcfg.retrieval.rerank_k:
+            details = {"rerank_k": tcfg.retrieval.rerank_k}
         result = TaskResult(
             status="n/a", reason=str(e), metrics={}, scores={}, n_samples=0, provenance=prov, details=details, **common
         )

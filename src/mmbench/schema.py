@@ -338,7 +338,9 @@ class TaskConfig:
 def result_name(task: TaskConfig) -> str:
     """The result file's stem: the task name; in-context tasks add the shot count and RICES (`vqav2_fewshot-4shot`,
     `vqav2_fewshot-4shot-rices`), so that each number of shots and each way of choosing demonstrations keeps its
-    own result."""
+    own result; ITM re-ranked retrieval adds its k (`flickr30k-itm16`), never replacing the contrastive result."""
+    if task.protocol == "retrieval" and task.retrieval.rerank_k:
+        return f"{task.name}-itm{task.retrieval.rerank_k}"  # ITM re-ranked: beside the contrastive result
     if task.protocol != "incontext":
         return task.name
     rices = "-rices" if task.incontext.demonstrations == "rices" else ""

@@ -27,6 +27,9 @@ def artifact_dir(output: Path, model: str) -> Path:
 def name_of(result: TaskResult) -> str:
     """The result's name, as `mmbench.schema.result_name` gives it for its task: in-context results add their shots
     and RICES (kept in `details`), so that `vqav2_fewshot` at 0 and at 4 shots are two results."""
+    if result.protocol == "retrieval":
+        k = (result.details.get("rerank") or {}).get("k") or result.details.get("rerank_k")
+        return f"{result.task}-itm{k}" if k else result.task
     if result.protocol == "incontext" and "shots" in result.details:
         rices = "-rices" if result.details.get("demonstrations") == "rices" else ""
         return f"{result.task}-{result.details['shots']}shot{rices}"

@@ -148,6 +148,8 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
             grade = root == results_dir and res.is_reference_grade
             incontext.append(incontext_table.Run(path, res, grade, res.model if grade else _other_header(res)))
             continue
+        if store.name_of(res) != res.task:  # a variant (ITM re-ranked retrieval): not the paper's protocol
+            continue
         _validate(res, path, layout)
         if root == results_dir and res.is_reference_grade:
             col = reference.setdefault(res.model, _Column(res.model))
