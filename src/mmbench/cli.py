@@ -240,8 +240,10 @@ def _table(args: argparse.Namespace) -> int:
     table.write(board, out)
     if args.print_:
         print(board.markdown)
-    extra = f" and {table.incontext_csv_path(out)}" if board.incontext_csv else ""
-    print(f"wrote {out}, {out.with_suffix('.csv')}{extra}")
+    written = [out, out.with_suffix(".csv")]
+    written += [table.zeroshot_csv_path(out)] if board.zeroshot_csv else []
+    written += [table.incontext_csv_path(out)] if board.incontext_csv else []
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
