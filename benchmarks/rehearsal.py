@@ -193,8 +193,11 @@ class Worker:
         start = time.perf_counter()
         model = build_model(self.reg.model(self.spec["model"]))
         size = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "build_s": time.perf_counter() - start}
+        na = {row["task"] for row in self.rows if row["status"] == "n/a"}  # e.g. in-context for CLIP: no model run
         for _, tasks, extra in self.spec["groups"]:
             for name, label in row_labels(self.reg, tasks, extra).items():
+                if label in na:
+                    continue
                 task = self.reg.task(name, parse_overrides(overrides(self.spec) + extra)["task"])
                 try:
                     self.throughput[label] = data_path(model, task, dataset_root(task, self.data_root), self.spec)

@@ -148,7 +148,8 @@ def prompt_tokens(model: Any, prompt: str) -> int:
     does (`<image>`, `<|endofchunk|>`), so their tokenizer reads it as it is."""
     translate = getattr(model, "idefics_text", None)
     text = translate(prompt) if translate else prompt
-    return len(model.tokenizer(text, add_special_tokens=translate is None)["input_ids"])
+    # Not verbose: the tokenizer's model_max_length is the preset's feature length (Flamingo: 128), not the context.
+    return len(model.tokenizer(text, add_special_tokens=translate is None, verbose=False)["input_ids"])
 
 
 def prompt_lengths(model: Any, prompts: list[str]) -> str:

@@ -144,3 +144,21 @@ def test_in_context_rows_per_shot_count(rehearsal, tmp_path):
         assert (zero["samples"], three["samples"]) == (2, 2 * 2)  # 2 queries, x 2 trials at 3 shots
         assert "2 random demonstrations/query (text only), 1 images/query" in zero["note"]
         assert "3 shots x 2 trial(s), 3 random demonstrations/query, 4 images/query, prompts " in three["note"]
+
+
+def test_a_model_without_generate_gets_an_na_row_and_no_data_timing(rehearsal, tmp_path):
+    reg = rehearsal.registry()
+    rehearsal.write_data(["vqav2_fewshot"], tmp_path / "data", 2, reg)
+    spec = {
+        "model": "clip-tiny", "tasks": ["vqav2_fewshot"],
+        "groups": [[2, ["vqav2_fewshot"], ["task.incontext.shots=1"]]],
+        "n": 2, "batch": 2, "steps": 1, "workers": 0, "accelerator": "cpu", "precision": None,
+        "data_root": str(tmp_path / "data"), "output": str(tmp_path / "results"), "cache": str(tmp_path / "cache"),
+        "rows": str(tmp_path / "rows.json"),
+    }  # fmt: skip
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    assert rehearsal.worker(spec_path) == 0
+    (row,) = json.loads(Path(spec["rows"]).read_text())
+    assert (row["task"], row["status"], row["data_rate"], row["samples"]) == ("vqav2_fewshot-1shot", "n/a", None, 0)
+    assert row["note"] == "model 'clip-tiny' has no GENERATE capability, which in-context evaluation needs"
