@@ -2,26 +2,32 @@
 real-shape data, with the data path's own throughput beside the model's.
 
 Tests and the demo run tiny presets on 32-px scene images; a real run meets full-size models, 480-px VQA images,
-640x480 JPEGs, 1000 classes and 512-token texts, and code paths that only those reach. This runs, for each preset
-in benchmarks/rehearsal/models/ (the exact architectures of `clip`, `flava`, `beit3-base` and Flamingo with its
-ViT-L/14 tower and a 2-layer RedPajama-3B-wide LM, random weights, tiny built-in tokenizers), every protocol the
-model can do at each task's real resolution, on `mmbench data synth --real-shape` data: zero-shot retrieval
-(flickr30k, coco), linear probe (imagenet: 1000 classes; country211: 211 classes, no published val split), and
-fine-tuning (vqav2 at 480 px with test-dev predictions, snli_ve, hateful_memes, mnli with texts past 512 tokens),
-each through `mmbench.api.evaluate` as a user's run would go, with `--limit` caps and 1 update (`--steps`).
+640x480 JPEGs, 1000 classes, 512-token texts and 33-image prompts, and code paths that only those reach. This runs,
+for each preset in benchmarks/rehearsal/models/ (the exact architectures of `clip`, `flava`, `beit3-base`, Flamingo
+with its ViT-L/14 tower and a 2-layer RedPajama-3B-wide LM, and IDEFICS with its ViT-H/14 tower and a 4-layer
+LLaMA-7B-wide LM; random weights, tiny built-in tokenizers), every protocol the model can do at each task's real
+resolution, on `mmbench data synth --real-shape` data: zero-shot retrieval (flickr30k, coco), linear probe
+(imagenet: 1000 classes; country211: 211 classes, no published val split), fine-tuning (vqav2 at 480 px with
+test-dev predictions, snli_ve, hateful_memes, mnli with texts past 512 tokens) and in-context evaluation
+(vqav2_fewshot by beam search, hateful_memes_fewshot by log-likelihood, at 8 and 32 shots: `--shots`), each through
+`mmbench.api.evaluate` as a user's run would go, with `--limit` caps and 1 update (`--steps`).
 
-    PYTHONPATH=src python benchmarks/rehearsal.py                       # everything; 15-20 min on 2 CPU cores
+    PYTHONPATH=src python benchmarks/rehearsal.py                       # everything; ~1.5 h on 2 CPU cores
     PYTHONPATH=src python benchmarks/rehearsal.py --models clip --protocols finetune --tasks vqav2
+    PYTHONPATH=src python benchmarks/rehearsal.py --models flamingo,idefics --protocols incontext --shots 8
     PYTHONPATH=src python benchmarks/rehearsal.py --accelerator gpu --precision bf16-mixed --limit 64 --batch 16
 
 Each model runs in its own process (a crash or an out-of-memory kill ends only that model's rows). Per (model,
 task) the table gives: status (a failure with its one-line error), seconds of the evaluate call (model builds
-included), the samples the model processed (training, selection, evaluation and prediction) per second, the data
-path's samples per second (decode + transform + collate in the loader's workers over the same split, no model),
-which of the two bounds the run, and the peak memory of the process tree (PSS: summed RSS would count the
-model's pages once more for every forked loader worker). A failed row makes the exit status 1. Fine-tuning rows
-also check that the training table is lazy (the reader offers random access): a materialised table holds every
-decoded training image, which at VQAv2's 443,757 questions is hundreds of GB.
+included), the samples the model processed (training, selection, evaluation and prediction; in-context: queries x
+trials) per second of that time without the model builds, the data path's samples per second (decode + transform
++ collate in the loader's workers over the same split, no model; in-context: the protocol's own prompt builder,
+which decodes every demonstration's image, shots+1 per query), which of the two bounds the run, and the peak
+memory of the process tree (PSS: summed RSS would count the model's pages once more for every forked loader
+worker). A failed row makes the exit status 1. Fine-tuning rows also check that the training table is lazy (the
+reader offers random access): a materialised table holds every decoded training image, which at VQAv2's 443,757
+questions is hundreds of GB. In-context rows are named as their results (`vqav2_fewshot-32shot`) and note the
+prompts' length in the model's own tokens.
 """
 
 from __future__ import annotations
@@ -347,7 +353,7 @@ def plan(reg: Any, tasks: list[str], args: argparse.Namespace) -> list[list[Any]
             groups.append([key[0], [t], key[1]])
     incontext = [t for t in tasks if protocol[t] == "incontext"]
     if incontext:
-        groups += [[args.limit, incontext, [f"task.incontext.shots={s}"]] for s in args.shots]
+        groups += [[args.incontext_limit, incontext, [f"task.incontext.shots={s}"]] for s in args.shots]
     return groups
 
 
@@ -387,10 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     p.add_argument("--tasks", help="comma-separated task names instead of the protocols' default tasks")
     p.add_argument("--n", type=int, default=8, help="records per split written (and read by the data-path timing)")
-    p.add_argument(
-        "--limit", type=int, default=4, help="samples per split the model sees (retrieval, probe; in-context: queries)"
-    )
+    p.add_argument("--limit", type=int, default=4, help="samples per split the model sees (retrieval, probe)")
     p.add_argument("--finetune-limit", type=int, default=2, help="samples per split the model sees (fine-tuning)")
+    p.add_argument("--incontext-limit", type=int, default=2, help="queries per in-context run (each: shots+1 images)")
     p.add_argument("--shots", default=",".join(map(str, SHOTS)), help="in-context shot counts, comma-separated")
     p.add_argument("--batch", type=int, default=2, help="device batch (fine-tuning: also the effective batch)")
     p.add_argument("--steps", type=int, default=1, help="fine-tuning updates")

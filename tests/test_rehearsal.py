@@ -121,7 +121,7 @@ def test_in_context_rows_per_shot_count(rehearsal, tmp_path):
     import argparse
 
     reg, tasks = rehearsal.registry(), ["vqav2_fewshot", "hateful_memes_fewshot"]
-    args = argparse.Namespace(n=2, limit=2, finetune_limit=2, shots=[0, 3])
+    args = argparse.Namespace(n=2, limit=4, finetune_limit=3, incontext_limit=2, shots=[0, 3])
     sizes = rehearsal.data_sizes(reg, tasks, args)
     assert sizes == {"vqav2_fewshot": 3, "hateful_memes_fewshot": 3}  # 3 distinct demonstrations need 3 records
     rehearsal.write_data(tasks, tmp_path / "data", sizes, reg)
