@@ -376,7 +376,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         data_rate = r.get("data_rate")
         bound = "-" if not (model_rate and data_rate) else "model" if model_rate < data_rate else "DATA"
         lines.append((
-            r["model"], r["protocol"], r["task"], r["status"], fmt(r.get("seconds")), fmt(model_rate, ".2f"),
+            r["model"], r["protocol"], r["task"], r["status"], fmt(r.get("seconds")), fmt(model_rate, ".3g"),
             fmt(data_rate, ".1f"), bound, fmt(r.get("peak_mb"), ".0f"), r.get("error") or r.get("note", ""),
         ))  # fmt: skip
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head) - 1)]
