@@ -60,8 +60,9 @@ TASKS = {
     "retrieval": ["flickr30k", "coco"],
     "linear_probe": ["imagenet", "country211"],
     "finetune": ["vqav2", "snli_ve", "hateful_memes", "mnli"],
-    # Generation (beam search) and log-likelihood. Captioning (coco_fewshot, flickr30k_fewshot) is not among the
-    # defaults: its CIDEr (`mmbench.metrics.cider`) is not on main yet; `--tasks` runs it once it is.
+    # Generation (beam search) and log-likelihood. Captioning (coco_fewshot, flickr30k_fewshot) joins the defaults
+    # with its CIDEr (`mmbench.metrics.cider`, not in this branch's base): without it, a row fails at the trial's end
+    # with "ModuleNotFoundError: No module named 'mmbench.metrics.cider'".
     "incontext": ["vqav2_fewshot", "hateful_memes_fewshot"],
 }
 SHOTS = (8, 32)  # in-context: the shot counts that load the context (32 shots: 33 images, ~1,000 tokens per query)
