@@ -2,26 +2,32 @@
 real-shape data, with the data path's own throughput beside the model's.
 
 Tests and the demo run tiny presets on 32-px scene images; a real run meets full-size models, 480-px VQA images,
-640x480 JPEGs, 1000 classes and 512-token texts, and code paths that only those reach. This runs, for each preset
-in benchmarks/rehearsal/models/ (the exact architectures of `clip`, `flava`, `beit3-base` and Flamingo with its
-ViT-L/14 tower and a 2-layer RedPajama-3B-wide LM, random weights, tiny built-in tokenizers), every protocol the
-model can do at each task's real resolution, on `mmbench data synth --real-shape` data: zero-shot retrieval
-(flickr30k, coco), linear probe (imagenet: 1000 classes; country211: 211 classes, no published val split), and
-fine-tuning (vqav2 at 480 px with test-dev predictions, snli_ve, hateful_memes, mnli with texts past 512 tokens),
-each through `mmbench.api.evaluate` as a user's run would go, with `--limit` caps and 1 update (`--steps`).
+640x480 JPEGs, 1000 classes, 512-token texts and 33-image prompts, and code paths that only those reach. This runs,
+for each preset in benchmarks/rehearsal/models/ (the exact architectures of `clip`, `flava`, `beit3-base`, Flamingo
+with its ViT-L/14 tower and a 2-layer RedPajama-3B-wide LM, and IDEFICS with its ViT-H/14 tower and a 4-layer
+LLaMA-7B-wide LM; random weights, tiny built-in tokenizers), every protocol the model can do at each task's real
+resolution, on `mmbench data synth --real-shape` data: zero-shot retrieval (flickr30k, coco), linear probe
+(imagenet: 1000 classes; country211: 211 classes, no published val split), fine-tuning (vqav2 at 480 px with
+test-dev predictions, snli_ve, hateful_memes, mnli with texts past 512 tokens) and in-context evaluation
+(vqav2_fewshot by beam search, hateful_memes_fewshot by log-likelihood, at 8 and 32 shots: `--shots`), each through
+`mmbench.api.evaluate` as a user's run would go, with `--limit` caps and 1 update (`--steps`).
 
-    PYTHONPATH=src python benchmarks/rehearsal.py                       # everything; 15-20 min on 2 CPU cores
+    PYTHONPATH=src python benchmarks/rehearsal.py                       # everything; ~1.5 h on 2 CPU cores
     PYTHONPATH=src python benchmarks/rehearsal.py --models clip --protocols finetune --tasks vqav2
+    PYTHONPATH=src python benchmarks/rehearsal.py --models flamingo,idefics --protocols incontext --shots 8
     PYTHONPATH=src python benchmarks/rehearsal.py --accelerator gpu --precision bf16-mixed --limit 64 --batch 16
 
 Each model runs in its own process (a crash or an out-of-memory kill ends only that model's rows). Per (model,
 task) the table gives: status (a failure with its one-line error), seconds of the evaluate call (model builds
-included), the samples the model processed (training, selection, evaluation and prediction) per second, the data
-path's samples per second (decode + transform + collate in the loader's workers over the same split, no model),
-which of the two bounds the run, and the peak memory of the process tree (PSS: summed RSS would count the
-model's pages once more for every forked loader worker). A failed row makes the exit status 1. Fine-tuning rows
-also check that the training table is lazy (the reader offers random access): a materialised table holds every
-decoded training image, which at VQAv2's 443,757 questions is hundreds of GB.
+included), the samples the model processed (training, selection, evaluation and prediction; in-context: queries x
+trials) per second of that time without the model builds, the data path's samples per second (decode + transform
++ collate in the loader's workers over the same split, no model; in-context: the protocol's own prompt builder,
+which decodes every demonstration's image, shots+1 per query), which of the two bounds the run, and the peak
+memory of the process tree (PSS: summed RSS would count the model's pages once more for every forked loader
+worker). A failed row makes the exit status 1. Fine-tuning rows also check that the training table is lazy (the
+reader offers random access): a materialised table holds every decoded training image, which at VQAv2's 443,757
+questions is hundreds of GB. In-context rows are named as their results (`vqav2_fewshot-32shot`) and note the
+prompts' length in the model's own tokens.
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helpers, also when a test imports this by path
 from proctree import tree_memory  # noqa: E402
+from rehearsal_data import DataPath, data_path, prompt_tokens, write_data  # noqa: E402, F401
 
 HERE = Path(__file__).resolve().parent
 PRESETS = HERE / "rehearsal"
 MODELS = {"clip": "clip-rehearsal", "flava": "flava-rehearsal", "beit3-base": "beit3-base-rehearsal"}
-MODELS["flamingo"] = "flamingo-rehearsal"
+MODELS.update(flamingo="flamingo-rehearsal", idefics="idefics-rehearsal")
 # Per-task settings beyond the shared recipe (an evaluate call applies its overrides to all its tasks, so these
 # tasks get calls of their own). VQAv2's answer vocabulary keeps answers seen 9 times (~3,129 on the real data): at
 # a few questions per split that leaves only <unk>, a 1-way head; every answer seen keeps a real multi-answer head.
@@ -53,7 +60,12 @@ TASKS = {
     "retrieval": ["flickr30k", "coco"],
     "linear_probe": ["imagenet", "country211"],
     "finetune": ["vqav2", "snli_ve", "hateful_memes", "mnli"],
+    # Generation (beam search) and log-likelihood. Captioning (coco_fewshot, flickr30k_fewshot) joins the defaults
+    # with its CIDEr (`mmbench.metrics.cider`, not in this branch's base): without it, a row fails at the trial's end
+    # with "ModuleNotFoundError: No module named 'mmbench.metrics.cider'".
+    "incontext": ["vqav2_fewshot", "hateful_memes_fewshot"],
 }
+SHOTS = (8, 32)  # in-context: the shot counts that load the context (32 shots: 33 images, ~1,000 tokens per query)
 
 
 def registry() -> Any:
@@ -102,35 +114,6 @@ class PeakMemory:
         self._stop.set()
 
 
-# ---- data ----------------------------------------------------------------------------------------------------
-
-
-def write_data(tasks: list[str], data_root: Path, n: int) -> list[dict[str, Any]]:
-    """Real-shape data for every task under `data_root/<dirname>` (GLUE configs share one folder)."""
-    from mmbench.data import dataset_root, synthetic
-
-    reg, rows = registry(), []
-    for name in tasks:
-        task = reg.task(name)
-        target = dataset_root(task, data_root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        staged = synthetic.write(task, data_root.parent / "staging" / name, n=n, real_shape=True)
-        if task.data.format == "glue":  # `<glue>/<config>/...`: move the config folder into the shared one
-            target.mkdir(parents=True, exist_ok=True)
-            for part in staged.iterdir():
-                if not (target / part.name).exists():
-                    part.rename(target / part.name)
-        else:
-            staged.rename(target)
-        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-        rows.append(
-            {"task": name, "format": task.data.format, "seconds": time.perf_counter() - start, "mb": size / 2**20}
-        )
-    shutil.rmtree(data_root.parent / "staging", ignore_errors=True)
-    return rows
-
-
 # ---- the worker: one model, its tasks ------------------------------------------------------------------------
 
 
@@ -148,60 +131,6 @@ def overrides(spec: dict[str, Any]) -> list[str]:
     ]
 
 
-def data_path(model: Any, task: Any, root: Path, spec: dict[str, Any]) -> tuple[float, str | None]:
-    """(samples/s of decode + transform + collate over the task's split in the loader's workers, a data-path
-    failure or None). Fine-tuning also checks that the training table is lazy."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from mmbench.data import IndexedStream, open_reader
-    from mmbench.lit.finetune_data import Collate, item_fn
-    from mmbench.protocols.finetune import effective_params, text_length
-
-    reader = open_reader(task, root)
-    problem = None
-    if task.protocol == "finetune":
-        p = effective_params(task, synthetic=False)
-        if p.input == "pair" and reader.random_access(p.train_split) is None:
-            problem = (
-                f"data: the {reader.format} reader offers no random access, so fine-tuning holds the "
-                f"{p.train_split!r} split in memory with every image decoded (grows with the dataset)"
-            )
-        transform = model.image_transform(train=False, image_size=p.image_size) if p.input == "pair" else None
-        to_item = item_fn(p.head, p.input, task.data.split, transform)
-        collate = Collate(model, p.head, text_length(p, model.cfg, model)["used"])
-    elif task.protocol == "retrieval":
-        transform, k = model.image_transform(train=False), task.retrieval.captions_per_image
-
-        def to_item(rec: dict[str, Any]) -> dict[str, Any]:
-            return {"pixel_values": transform(rec["image"]), "captions": rec["captions"][:k]}
-
-        def collate(items: list[dict[str, Any]]) -> Any:
-            pixels = torch.stack([it["pixel_values"] for it in items])
-            return pixels, model.tokenize([c for it in items for c in it["captions"]])
-    else:
-        transform = model.image_transform(train=False)
-
-        def to_item(rec: dict[str, Any]) -> Any:
-            return transform(rec["image"]), rec["label"]
-
-        def collate(items: list[Any]) -> Any:
-            return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-    stream = IndexedStream(reader, task.data.split, to_item, spec["batch"], limit=spec["n"])
-    loader = DataLoader(stream, batch_size=spec["batch"], num_workers=spec["workers"], collate_fn=collate)
-    count, start, first = 0, time.perf_counter(), None
-    for batch in loader:
-        size = len(batch["index"]) if isinstance(batch, dict) else len(batch[0])
-        if first is None:  # the first batch pays for starting the workers: steady state from the second on
-            first, first_size = time.perf_counter(), size
-        else:
-            count += size
-    end = time.perf_counter()
-    rate = count / (end - first) if count else first_size / (end - start)
-    return rate, problem
-
-
 def model_samples(result: Any, output: Path, limit: int) -> int:
     """How many samples the model processed for this result (from what the result records; a selection split
     is read `limit` samples at a time, being one of the data's n-record splits)."""
@@ -212,6 +141,8 @@ def model_samples(result: Any, output: Path, limit: int) -> int:
         return d.get("n_images", result.n_samples)
     if result.protocol == "linear_probe":
         return d.get("n_train", 0) + d.get("n_val", 0) + d.get("n_test", 0)
+    if result.protocol == "incontext":  # queries, once per trial (each with its demonstrations' images)
+        return result.n_samples * len(d.get("trials", [])) if "shots" in d else 0
     batch = d.get("batch", {})
     count = d.get("steps", 0) * batch.get("effective", 0) + sum(d.get("n_eval", {}).values())
     selection = (d.get("selection") or {}).get("data") or {}
@@ -237,6 +168,12 @@ def note(result: Any) -> str:
         return f"{px}text {text.get('used')}/{text.get('asked')}, selection {d.get('selection', {}).get('rule')}"
     if result.protocol == "linear_probe":
         return f"{d.get('num_classes')} classes, val: {d.get('val_source')}"
+    if result.protocol == "incontext":
+        k, shown = d.get("demonstrations_per_query"), d.get("shots", 0) > 0
+        return (
+            f"{d.get('shots')} shots x {len(d.get('trials', []))} trial(s), {k} {d.get('demonstrations')} "
+            f"demonstrations/query{'' if shown else ' (text only)'}, {k + 1 if shown else 1} images/query"
+        )
     return f"{d.get('n_images')} images x {d.get('n_texts', 0) // max(1, d.get('n_images', 1))} captions"
 
 
@@ -245,33 +182,39 @@ class Worker:
     keeps what was done."""
 
     def __init__(self, spec: dict[str, Any]):
-        from mmbench.config import parse_overrides
-
         self.spec, self.reg, self.memory, self.rows = spec, registry(), PeakMemory(), []
         self.data_root, self.output = Path(spec["data_root"]), Path(spec["output"])
-        self.task_overrides = parse_overrides(overrides(spec))["task"]
-        self.throughput: dict[str, tuple[float | None, str | None]] = {}
+        self.throughput: dict[str, DataPath] = {}
         self.done: list[str] = []
+        self.labels: dict[str, str] = {}  # task name -> its row's name in the evaluate call under way
+        self.built = 0.0  # model build seconds of the evaluate call under way, already charged to a row
         self.clock = time.perf_counter()
 
     def measure_data(self) -> None:
         """The data path of every task, with the transforms and tokenizer of the model (built once for this,
         after the runs, so that the rows' peak memory is the runs' own); fills in the rows already written."""
+        from mmbench.config import parse_overrides
         from mmbench.data import dataset_root
         from mmbench.models import build_model
 
         start = time.perf_counter()
         model = build_model(self.reg.model(self.spec["model"]))
         size = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "build_s": time.perf_counter() - start}
-        for name in self.spec["tasks"]:
-            task = self.reg.task(name, self.task_overrides)
-            try:
-                self.throughput[name] = data_path(model, task, dataset_root(task, self.data_root), self.spec)
-            except Exception as e:  # reported in the row, beside the model's own outcome
-                self.throughput[name] = (None, f"data: {one_line(e)}")
+        na = {row["task"] for row in self.rows if row["status"] == "n/a"}  # e.g. in-context for CLIP: no model run
+        for _, tasks, extra in self.spec["groups"]:
+            for name, label in row_labels(self.reg, tasks, extra).items():
+                if label in na:
+                    continue
+                task = self.reg.task(name, parse_overrides(overrides(self.spec) + extra)["task"])
+                try:
+                    self.throughput[label] = data_path(model, task, dataset_root(task, self.data_root), self.spec)
+                except Exception as e:  # reported in the row, beside the model's own outcome
+                    self.throughput[label] = DataPath(None, f"data: {one_line(e)}")
         for row in self.rows:
-            rate, problem = self.throughput.get(row["task"], (None, None))
+            rate, problem, more = self.throughput.get(row["task"], DataPath(None, None))
             row.update(data_rate=rate, **size)
+            if more and row["status"] == "ok":
+                row["note"] = f"{row['note']}, {more}"
             if problem and not row["error"]:
                 row.update(status="FAIL", error=problem)
         Path(self.spec["rows"]).write_text(json.dumps(self.rows))
@@ -279,8 +222,14 @@ class Worker:
     def record(self, name: str, result: Any = None, error: str | None = None) -> None:
         now = time.perf_counter()
         status = "FAIL" if error or result is None else result.status
-        row = {"model": self.spec["model"], "task": name, "protocol": self.reg.task(name).protocol, "status": status}
+        label = self.labels.get(name, name)
+        row = {"model": self.spec["model"], "task": label, "protocol": self.reg.task(name).protocol, "status": status}
         row.update(seconds=now - self.clock, data_rate=None, peak_mb=self.memory.take(), error=error)
+        # The call's model build (once per evaluate call: in-context runs one call per shot count) is in the
+        # first row's seconds; the model's rate leaves it out.
+        build = (result.provenance or {}).get("model_build_seconds", 0.0) - self.built if result else 0.0
+        self.built += build
+        row["model_build_s"] = build
         samples = (
             model_samples(result, self.output, min(result.limit or self.spec["n"], self.spec["n"])) if result else 0
         )
@@ -298,8 +247,9 @@ class Worker:
         from mmbench.api import evaluate
 
         s = self.spec
+        self.labels = row_labels(self.reg, tasks, extra)
         while tasks:
-            self.clock, before = time.perf_counter(), len(self.done)
+            self.clock, before, self.built = time.perf_counter(), len(self.done), 0.0
             try:
                 evaluate(
                     s["model"], tasks, data="real", data_root=self.data_root, limit=limit, batch_size=s["batch"],
@@ -312,6 +262,16 @@ class Worker:
                 failed = len(self.done) - before
                 self.record(tasks[failed], error=one_line(e))
                 tasks = tasks[failed + 1 :]
+
+
+def row_labels(reg: Any, tasks: list[str], extra: list[str]) -> dict[str, str]:
+    """Task name -> its row's name under the group's overrides: the result's file stem, which names an in-context
+    run's shots (`vqav2_fewshot-8shot`)."""
+    from mmbench.config import parse_overrides
+    from mmbench.schema import result_name
+
+    task_overrides = parse_overrides(extra)["task"]
+    return {t: result_name(reg.task(t, task_overrides)) for t in tasks}
 
 
 def one_line(e: BaseException) -> str:
@@ -337,16 +297,9 @@ def worker(spec_path: Path) -> int:
 
 def run_model(model: str, tasks: list[str], args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """One model's tasks in a fresh process; tasks it never reported (a crash, a kill) become failed rows."""
-    name = MODELS[model]
-    finetune = [t for t in tasks if registry().task(t).protocol == "finetune"]
-    others = [t for t in tasks if t not in finetune]
-    groups: list[list[Any]] = []  # [limit, tasks, extra overrides]: one evaluate call each
-    for t in others + finetune:
-        key = [args.finetune_limit if t in finetune else args.limit, TASK_OVERRIDES.get(t, [])]
-        if groups and [groups[-1][0], groups[-1][2]] == key and not key[1]:
-            groups[-1][1].append(t)
-        else:
-            groups.append([key[0], [t], key[1]])
+    name, reg = MODELS[model], registry()
+    groups = plan(reg, tasks, args)
+    labels = {label: t for _, group, extra in groups for t, label in row_labels(reg, group, extra).items()}
     spec = {
         "model": name, "tasks": tasks, "groups": groups, "n": args.n, "batch": args.batch, "steps": args.steps,
         "workers": args.workers, "accelerator": args.accelerator, "precision": args.precision,
@@ -378,11 +331,37 @@ def run_model(model: str, tasks: list[str], args: argparse.Namespace, work: Path
         why = f"worker {'timed out' if code == 'timeout' else f'exited {code}'}" + (
             " (killed: out of memory?)" if code in (-9, 137) else ""
         )
-        for t in tasks:
-            if t not in reported:
-                rows.append({"model": name, "task": t, "protocol": registry().task(t).protocol, "status": "FAIL",
+        for label, t in labels.items():
+            if label not in reported:
+                rows.append({"model": name, "task": label, "protocol": reg.task(t).protocol, "status": "FAIL",
                              "error": f"{why}: {lines[-1][:200] if lines else 'no output'}"})  # fmt: skip
     return rows
+
+
+def plan(reg: Any, tasks: list[str], args: argparse.Namespace) -> list[list[Any]]:
+    """[limit, tasks, extra overrides] per evaluate call: the tasks that share a limit and need no overrides of
+    their own together; fine-tuning at its own limit; in-context tasks once per shot count."""
+    protocol = {t: reg.task(t).protocol for t in tasks}
+    groups: list[list[Any]] = []
+    later = {"finetune": 1, "incontext": 2}  # retrieval and probes first, as one call where they can
+    for t in sorted(tasks, key=lambda t: later.get(protocol[t], 0)):
+        if protocol[t] == "incontext":
+            continue
+        key = [args.finetune_limit if protocol[t] == "finetune" else args.limit, TASK_OVERRIDES.get(t, [])]
+        if groups and [groups[-1][0], groups[-1][2]] == key and not key[1]:
+            groups[-1][1].append(t)
+        else:
+            groups.append([key[0], [t], key[1]])
+    incontext = [t for t in tasks if protocol[t] == "incontext"]
+    if incontext:
+        groups += [[args.incontext_limit, incontext, [f"task.incontext.shots={s}"]] for s in args.shots]
+    return groups
+
+
+def data_sizes(reg: Any, tasks: list[str], args: argparse.Namespace) -> dict[str, int]:
+    """Records per split for each task: `--n`, and for in-context tasks at least the largest shot count, since a
+    query's demonstrations are distinct training records (OpenFlamingo draws them without replacement)."""
+    return {t: max(args.n, *args.shots) if reg.task(t).protocol == "incontext" else args.n for t in tasks}
 
 
 def fmt(value: Any, spec: str = ".1f") -> str:
@@ -393,11 +372,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("model", "protocol", "task", "status", "s", "model smp/s", "data smp/s", "bound", "peak MB", "note")
     lines = [head]
     for r in rows:
-        model_rate = r.get("samples", 0) / r["seconds"] if r.get("seconds") and r.get("samples") else None
+        busy = (r.get("seconds") or 0) - r.get("model_build_s", 0)
+        model_rate = r["samples"] / busy if busy > 0 and r.get("samples") else None
         data_rate = r.get("data_rate")
         bound = "-" if not (model_rate and data_rate) else "model" if model_rate < data_rate else "DATA"
         lines.append((
-            r["model"], r["protocol"], r["task"], r["status"], fmt(r.get("seconds")), fmt(model_rate, ".2f"),
+            r["model"], r["protocol"], r["task"], r["status"], fmt(r.get("seconds")), fmt(model_rate, ".3g"),
             fmt(data_rate, ".1f"), bound, fmt(r.get("peak_mb"), ".0f"), r.get("error") or r.get("note", ""),
         ))  # fmt: skip
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head) - 1)]
@@ -416,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8, help="records per split written (and read by the data-path timing)")
     p.add_argument("--limit", type=int, default=4, help="samples per split the model sees (retrieval, probe)")
     p.add_argument("--finetune-limit", type=int, default=2, help="samples per split the model sees (fine-tuning)")
+    p.add_argument("--incontext-limit", type=int, default=2, help="queries per in-context run (each: shots+1 images)")
+    p.add_argument("--shots", default=",".join(map(str, SHOTS)), help="in-context shot counts, comma-separated")
     p.add_argument("--batch", type=int, default=2, help="device batch (fine-tuning: also the effective batch)")
     p.add_argument("--steps", type=int, default=1, help="fine-tuning updates")
     p.add_argument("--workers", type=int, default=1, help="data loader workers")
@@ -430,14 +412,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.models.split(",")) - set(MODELS)) + sorted(set(args.protocols.split(",")) - set(TASKS))
     if unknown:
         p.error(f"unknown model or protocol {unknown[0]!r}")
+    try:
+        args.shots = [int(s) for s in args.shots.split(",")]
+    except ValueError:
+        p.error(f"--shots {args.shots!r}: comma-separated whole numbers, e.g. 8,32")
     tasks = args.tasks.split(",") if args.tasks else [t for p_ in args.protocols.split(",") for t in TASKS[p_]]
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mmbench-rehearsal-"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        print(f"writing real-shape data ({args.n} records per split) to {work / 'data'}", flush=True)
-        for r in write_data(tasks, work / "data", args.n):
-            print(f"  {r['task']:<14} {r['format']:<19} {r['seconds']:5.1f} s  {r['mb']:6.1f} MB", flush=True)
+        print(f"writing real-shape data to {work / 'data'}", flush=True)
+        reg = registry()
+        for r in write_data(tasks, work / "data", data_sizes(reg, tasks, args), reg):
+            print(f"  {r['task']:<22} {r['format']:<19} {r['n']:4d}/split {r['seconds']:5.1f} s  {r['mb']:6.1f} MB",
+                  flush=True)  # fmt: skip
         rows = []
         for model in args.models.split(","):
             rows += run_model(model, tasks, args, work)
