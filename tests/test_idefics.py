@@ -204,6 +204,20 @@ def test_beam_generate_equals_the_processor_and_hf_generate(tiny, batch, min_new
     assert min(lengths) >= min_new_tokens and len(set(lengths)) >= 2, lengths
 
 
+def test_beam_search_runs_the_vision_tower_once_per_image(tiny, batch):
+    """With pixels, HF's generate repeats them per beam before the tower: 3x its work at 3 beams (the rehearsal's
+    IDEFICS VQA rows cost 6-7x their log-likelihood ones); the wrapper hands it each image's states once."""
+    _, _, images = batch
+    seen: list[int] = []
+    hook = tiny.model.model.vision_model.register_forward_hook(lambda m, args, kw, out: seen.append(
+        out.last_hidden_state.shape[0]), with_kwargs=True)  # fmt: skip
+    try:
+        tiny.generate_tokens(images, PROMPTS, max_new_tokens=3, num_beams=3)
+    finally:
+        hook.remove()
+    assert seen == [len(PROMPTS) * max(len(im) for im in images)]  # one pass, B x N (padded) images, no beam copies
+
+
 def test_loglikelihood_equals_a_plain_forward_per_prompt_and_continuation(tiny, processor, batch):
     pil, _, images = batch
     tok = tiny.tokenizer

@@ -259,9 +259,14 @@ class IdeficsWrapper(ModelWrapper):
         """`generate`'s new token ids per prompt, up to (not including) the first stop token."""
         enc = self.encode(images, prompts)
         self._check_context(enc.lengths, max_new_tokens, "max_new_tokens")
-        out = self.model.generate(
-            **enc.inputs(), **self.decoding(max_new_tokens, num_beams, min_new_tokens, length_penalty)
-        )
+        inputs = enc.inputs()
+        # The vision tower once per image: given pixels, HF's generate repeats them per beam before the tower runs
+        # (3 beams: 3x the tower's work, most of a step at real scale); its states are what it would compute.
+        pixels = inputs.pop("pixel_values")  # (B, N, C, H, W)
+        flat = pixels.flatten(0, 1).to(self.model.dtype)  # (B*N, C, H, W), as HF casts them
+        tower = self.model.model.vision_model(pixel_values=flat, interpolate_pos_encoding=True)
+        inputs["image_encoder_embeddings"] = tower.last_hidden_state.unflatten(0, pixels.shape[:2])  # (B, N, P+1, D)
+        out = self.model.generate(**inputs, **self.decoding(max_new_tokens, num_beams, min_new_tokens, length_penalty))
         new = out[:, enc.input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
         return [self._until_stop(row) for row in new]
 
