@@ -53,9 +53,11 @@ test: setup
 # ATEN_CPU_CAPABILITY below this CPU's own (default; avx2 on an AVX-512 machine): a test must not pin a number that
 # depends on which kernels ran. The multi-process tests compare N processes with one on the same kernels (exact on
 # any of them) and take a third of the suite's time, so they run once, in `make test`; so do the plumbing tests
-# (faults, wheel, config, tables). `make test-capabilities KERNEL_TESTS=tests` re-runs everything.
+# (faults, wheel, config, tables); so does test_learnability.py (two minutes of fine-tuning per pass, asserting
+# margins over chance that no kernel moves: ROC-AUC > 0.8 measured 0.90). `make test-capabilities KERNEL_TESTS=tests`
+# re-runs everything.
 KERNEL_TESTS ?= tests/test_linear_probe.py tests/test_logreg.py tests/test_probe_validation.py tests/test_finetune.py \
-  tests/test_finetune_selection.py tests/test_finetune_metrics.py tests/test_learnability.py tests/test_run.py \
+  tests/test_finetune_selection.py tests/test_finetune_metrics.py tests/test_run.py \
   tests/test_retrieval_metric.py tests/test_vqa_metric.py tests/test_models.py tests/test_image_size.py \
   tests/test_preprocess_parity.py tests/test_beit3.py tests/test_beit3_parity.py tests/test_flamingo.py \
   tests/test_flamingo_parity.py tests/test_fingerprint.py tests/test_flamingo_generate.py tests/test_idefics.py \
