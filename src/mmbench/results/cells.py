@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from mmbench.results.schema import TaskResult
 
 NA = "n/a"  # the model cannot do the task
 NOT_RUN = "—"
@@ -18,3 +22,21 @@ def fmt(value: float, decimals: int = 2) -> str:
 def md(text: str) -> str:
     """`text` safe inside a markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A result as a section of the leaderboard (zero-shot, in-context) receives it."""
+
+    path: Path
+    result: TaskResult
+    reference: bool  # reference-grade and in the real runs folder: may stand beside published numbers
+    header: str  # its label: the model, or "model (synthetic, random init)" for the rest
+
+
+@dataclass(frozen=True)
+class Section:
+    """A rendered leaderboard section: its markdown lines and its CSV."""
+
+    markdown: list[str]
+    csv: str

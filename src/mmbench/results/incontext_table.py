@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmbench.errors import ConfigError, DataError
-from mmbench.results.cells import NA, NOT_RUN, fmt, md
+from mmbench.results.cells import NA, NOT_RUN, Run, Section, fmt, md
 from mmbench.results.layout import INCONTEXT_FILE, IncontextLayout, IncontextRow, ReportedIncontext
 from mmbench.results.schema import TaskResult
 
@@ -45,20 +45,6 @@ CSV_FIELDS = (
 ANY = ""  # the demonstrations of an n/a result that names none
 HEADING = "In-context (few-shot)"
 OTHER_HEADING = f"{HEADING}, not comparable to the paper: synthetic data, `--limit` subsets or random weights"
-
-
-@dataclass(frozen=True)
-class Run:
-    path: Path
-    result: TaskResult
-    reference: bool  # reference-grade and in the real runs folder: may stand beside published numbers
-    header: str  # the row label: the model, or "model (synthetic, random init)" for the rest
-
-
-@dataclass(frozen=True)
-class Section:
-    markdown: list[str]
-    csv: str
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,19 @@ def reported_dirs(extra: Path | None = None) -> list[Path]:
     return [builtin] if extra.resolve() == builtin.resolve() else [builtin, extra]
 
 
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A layout file's YAML mapping; a missing file, bad YAML or a non-mapping is one line naming the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    return data
+
+
 def layout_of(dirs: Sequence[Path]) -> Layout:
     """The layout of the last folder in `dirs` that has one."""
     for d in reversed(dirs):
@@ -169,14 +182,7 @@ def layout_of(dirs: Sequence[Path]) -> Layout:
 
 def load_layout(path: Path) -> Layout:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: leaderboard layout not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
+    data = read_mapping(path, "leaderboard layout")
     domains = tuple(
         Domain(**_strings(path, f"domains[{i}]", d, _DOMAIN_KEYS)) for i, d in enumerate(_list(path, data, "domains"))
     )
@@ -328,14 +334,7 @@ def incontext_layout_of(dirs: Sequence[Path]) -> IncontextLayout | None:
 
 def load_incontext_layout(path: Path) -> IncontextLayout:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: in-context layout not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
+    data = read_mapping(path, "in-context layout")
     shots = _list(path, data, "shots")
     if not all(_is_count(s) for s in shots) or len(set(shots)) != len(shots):
         raise ConfigError(f"{path}: key 'shots': expected distinct counts (integers >= 0), got {shots}")

@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmbench.errors import ConfigError, DataError
-from mmbench.results.cells import NA, NOT_RUN, fmt, md
+from mmbench.results.cells import NA, NOT_RUN, Run, Section, fmt, md
 from mmbench.results.layout import (
     ZEROSHOT_FILE,
     _dirs,
@@ -42,8 +40,8 @@ from mmbench.results.layout import (
     _reported_files,
     _source_line,
     _strings,
+    read_mapping,
 )
-from mmbench.results.schema import TaskResult
 
 ZEROSHOT = "zeroshot"  # TaskResult.protocol of zero-shot classification results
 LAYOUT_FILE = ZEROSHOT_FILE
@@ -84,20 +82,6 @@ class ReportedZeroshot:
     empty: dict[str, str]  # task -> why the cell is empty (not in the source's table, not transcribed)
 
 
-@dataclass(frozen=True)
-class Run:
-    path: Path
-    result: TaskResult
-    reference: bool  # reference-grade and in the real runs folder: may stand beside published numbers
-    header: str  # the column header: the model, or "model (synthetic, random init)" for the rest
-
-
-@dataclass(frozen=True)
-class Section:
-    markdown: list[str]
-    csv: str
-
-
 @dataclass
 class _Column:
     header: str
@@ -120,14 +104,7 @@ def layout_of(dirs: Sequence[Path]) -> ZeroshotLayout | None:
 
 def load_layout(path: Path) -> ZeroshotLayout:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: zero-shot layout not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
+    data = read_mapping(path, "zero-shot layout")
     keys = ("task", "score", "label", "metric")
     rows = tuple(ZeroshotRow(**_strings(path, f"rows[{i}]", r, keys)) for i, r in enumerate(_list(path, data, "rows")))
     names = [r.task for r in rows]
