@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from mmbench.data.base import Record
@@ -119,8 +120,6 @@ class PromptBuilder:
         return random_demonstrations(self.pool, self.k, self.seed, index)
 
     def __call__(self, rec: Record) -> dict[str, Any]:
-        import torch
-
         demos = [self.train[i] for i in self.demonstrations(rec["index"])]
         prompt = build_prompt(demos, rec, self.demonstration, self.query, self.class_names, self.shots == 0)
         shown = demos if self.shots > 0 else []
