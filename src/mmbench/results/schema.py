@@ -9,7 +9,12 @@ splits read, see `mmbench.api`): a result is up to date only for the same config
 Reading validates every field's type (a hand-edited or truncated-then-repaired file must not pass for a result),
 so a stale or damaged result is re-run by `mmbench run` and named by `mmbench table`.
 
-Versions: 2 added `data_fingerprint`; a version-1 file is still read (as made on unknown data, so never up to date).
+A run over several seeds (`--seeds 0,1,2`) is still one result: `scores` and `metrics` hold the means over the
+seeds, `scores_std` the sample standard deviation (n-1) of each score, and `seed_runs` one entry per seed
+(`{"seed", "scores", "metrics", "n_samples"}`); both stay empty for a single-seed run.
+
+Versions: 2 added `data_fingerprint`; 3 added `seed_runs` and `scores_std`. Older files are still read (a version-1
+file as made on unknown data, so never up to date).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 STATUSES = ("ok", "n/a")
 DATA_SOURCES = ("real", "synthetic")
 
@@ -45,6 +50,10 @@ class TaskResult:
     details: dict[str, Any] = field(default_factory=dict)
     random_init: bool = False  # tiny presets: random weights, never a real model's number
     data_fingerprint: str | None = None  # the data read (None: unknown, e.g. written by schema version 1)
+    # Several seeds: one entry per seed ({"seed", "scores", "metrics", "n_samples"}); `scores` are their means and
+    # `scores_std` the sample standard deviations. Both empty for a single-seed run.
+    seed_runs: list[dict[str, Any]] = field(default_factory=list)
+    scores_std: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -54,7 +63,8 @@ class TaskResult:
 
     def to_json(self) -> dict[str, Any]:
         d = _finite(asdict(self))
-        return {"schema_version": d.pop("schema_version"), **d}
+        d.pop("schema_version")  # whatever version it was read as, it is written by this code
+        return {"schema_version": SCHEMA_VERSION, **d}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = "result") -> TaskResult:
@@ -64,7 +74,7 @@ class TaskResult:
         version = d.get("schema_version")
         if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise DataError(f"{where}: schema_version {version!r} is not {SCHEMA_VERSION} (re-run with --redo)")
-        known = set(cls.__dataclass_fields__) - ({"data_fingerprint"} if version == 1 else set())
+        known = set(cls.__dataclass_fields__) - _ADDED_AFTER.get(version, set())
         unknown = sorted(set(d) - known)
         if unknown:
             raise DataError(f"{where}: unknown key {unknown[0]!r}")
@@ -76,6 +86,24 @@ class TaskResult:
         if problem:
             raise DataError(f"{where}: {problem}")
         return cls(**d)
+
+
+# Keys a file of an older schema version cannot hold.
+_ADDED_AFTER: dict[int, set[str]] = {1: {"data_fingerprint", "seed_runs", "scores_std"}, 2: {"seed_runs", "scores_std"}}
+
+
+def _is_seed_run(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and set(v) == {"seed", "scores", "metrics", "n_samples"}
+        and isinstance(v["seed"], int)
+        and not isinstance(v["seed"], bool)
+        and isinstance(v["scores"], dict)
+        and all(_is_number(x) and math.isfinite(x) for x in v["scores"].values())
+        and isinstance(v["metrics"], dict)
+        and all(x is None or _is_number(x) for x in v["metrics"].values())
+        and _is_count(v["n_samples"])
+    )
 
 
 def _is_number(v: Any) -> bool:
@@ -110,6 +138,14 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "details": (lambda v: isinstance(v, dict), "an object"),
     "random_init": (lambda v: isinstance(v, bool), "true or false"),
     "data_fingerprint": (_is_str_or_none, "null or a string"),
+    "seed_runs": (
+        lambda v: isinstance(v, list) and all(_is_seed_run(r) for r in v),
+        "a list of {seed, scores, metrics, n_samples}",
+    ),
+    "scores_std": (
+        lambda v: isinstance(v, dict) and all(_is_number(x) and math.isfinite(x) and x >= 0 for x in v.values()),
+        "an object of finite numbers >= 0",
+    ),
 }
 
 
@@ -127,6 +163,9 @@ def _problem(d: dict[str, Any]) -> str | None:
     wall = d["provenance"].get("wall_seconds")
     if not _is_number(wall):
         return f"key 'provenance.wall_seconds': {wall!r:.60} is not a number"
+    unknown_std = sorted(set(d.get("scores_std", {})) - set(d["scores"]))
+    if unknown_std:
+        return f"key 'scores_std.{unknown_std[0]}': not among its scores"
     if d["status"] == "ok":
         if d["primary"] not in d["metrics"]:
             return f"key 'primary': {d['primary']!r} is not among its metrics"
