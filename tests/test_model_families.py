@@ -12,6 +12,7 @@ image size must run. One task per family runs end to end from a model YAML in a 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -457,3 +458,10 @@ def test_each_family_runs_a_task_from_a_registry_yaml(saved, tmp_path, monkeypat
     expected = {"cifar10": "top1", "flickr30k": "tr_r1", "rte": "accuracy"}[task]
     assert result.primary == expected and 0 <= result.metrics[expected] <= 100
     assert result.config["model"]["wrapper"].endswith(("Wrapper",)) and result.n_samples > 0
+
+
+def test_open_clip_missing_is_one_line_naming_the_install(saved, monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # `import open_clip` raises ImportError
+    cfg = config("oc", "mmbench.models.open_clip_model:OpenClipWrapper", saved["open_clip"])
+    with pytest.raises(ConfigError, match=r"^open_clip models need the optional extra: pip install open_clip_torch"):
+        build_model(cfg)
