@@ -20,6 +20,10 @@
   the source identity above (a directory's digest covers every file; a hub commit pins every file), and whether
   it is used at all is recorded here; when that cannot be known without fetching (a hub snapshot whose processor
   file is neither cached nor known to be absent), the fingerprint is `None`, as for weights not yet on disk.
+- Wrappers around other model libraries (timm, open_clip) list them in `libraries`: those versions join the identity,
+  random-init or not (the library's code builds the model and, from its own pretrained config, the preprocessing).
+  Their `weight_sources(cfg, memo_dir)` names weights the library's way (a timm name's hub repo, an open_clip tag's,
+  an `hf-hub:` id, a local file) with the same identities as above, and replaces the processor-file check.
 """
 
 from __future__ import annotations
@@ -43,6 +47,13 @@ _CHUNK = 1 << 22
 def weights_fingerprint(cfg: ModelConfig, memo_dir: Path | None = None) -> str | None:
     """`sha256:...` identifying the weights `build_model(cfg)` would produce, or None when they are not on disk."""
     ident: dict[str, Any] = {"wrapper": cfg.wrapper, "arch": cfg.arch, "random_init": cfg.random_init}
+    wrapper = _wrapper_class(cfg)
+    # Wrappers around other model libraries (timm, open_clip) name them: their code builds the model and decides
+    # the preprocessing, so a new version is new features.
+    libraries = tuple(getattr(wrapper, "libraries", ()))
+    if libraries:
+        ident["libraries"] = {lib: _version(lib) for lib in libraries}
+    own_sources = getattr(wrapper, "weight_sources", None)
     if cfg.random_init:
         ident.update(
             init_seed=cfg.init_seed,
@@ -50,6 +61,11 @@ def weights_fingerprint(cfg: ModelConfig, memo_dir: Path | None = None) -> str |
             image_size=cfg.preprocess.image_size,  # random-init vision towers are built at the preset's size
             versions={lib: _version(lib) for lib in ("torch", "transformers")},
         )
+    elif own_sources is not None:  # weights named the library's way (timm names, open_clip tags, hf-hub: ids)
+        sources = own_sources(cfg, memo_dir)
+        if any(v is None for v in sources.values()):
+            return None
+        ident["sources"] = sources
     else:
         sources: dict[str, Any] = {"checkpoint": source_identity(cfg.checkpoint or "", cfg.revision, memo_dir)}
         for key, value in sorted(cfg.arch.items()):
@@ -66,6 +82,16 @@ def weights_fingerprint(cfg: ModelConfig, memo_dir: Path | None = None) -> str |
         ident["preprocess"] = PROCESSOR_FILE if found else "preset"
     blob = json.dumps(ident, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _wrapper_class(cfg: ModelConfig) -> type | None:
+    from mmbench.errors import ConfigError
+    from mmbench.models import wrapper_class
+
+    try:
+        return wrapper_class(cfg)
+    except ConfigError:  # an unimportable wrapper fails the build with its own message
+        return None
 
 
 def source_identity(source: str, revision: str | None, memo_dir: Path | None = None) -> str | None:
