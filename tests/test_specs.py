@@ -140,7 +140,12 @@ def test_bad_specs_are_one_line(tmp_path, capsys):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     cases = {
-        f"hf:{tmp_path / 'llama'}": ["LlamaConfig", "'llama'", "supported model types: albert, beit, bert", "clip"],
+        f"hf:{tmp_path / 'llama'}": [
+            "LlamaConfig",
+            "'llama'",
+            "supported model types: albert, bert, camembert",
+            "clip",
+        ],
         "hff:org/model": ["unknown spec family 'hff:'", "did you mean 'hf:'"],
         f"hf:{tmp_path / 'none'}": ["does not exist"],
         "hf:org/not-cached": ["not in the local Hugging Face cache", "HF_HUB_OFFLINE"],

@@ -24,18 +24,13 @@ FLAVA_IMAGE_TEXT_LENGTH = 77  # FLAVA's own code: 77 tokens for image-text input
 
 _TEXT_ENCODER = "mmbench.models.hf_encoders:HfTextEncoderWrapper"
 _VISION_ENCODER = "mmbench.models.hf_encoders:HfVisionEncoderWrapper"
+# The encoders whose position 0 is a summary token ([CLS] / <s>), which the hf_encoders wrappers take as the feature;
+# the same lists as their TEXT_MODEL_TYPES / VISION_MODEL_TYPES (the families branch). Pooled-only vision models
+# (ConvNeXt, Swin) and HF's BEiT are not among them: they fall to the one-line "not supported".
 TEXT_ENCODER_TYPES = (
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "deberta",
-    "deberta-v2",
-    "distilbert",
-    "electra",
-    "albert",
-    "mpnet",
-)
-VISION_ENCODER_TYPES = ("vit", "dinov2", "deit", "beit", "convnext", "swin")
+    "albert", "bert", "camembert", "deberta", "deberta-v2", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta",
+)  # fmt: skip
+VISION_ENCODER_TYPES = ("deit", "dinov2", "dinov2_with_registers", "vit")
 
 # config.json's model_type -> the wrapper that runs it
 WRAPPERS: dict[str, str] = {

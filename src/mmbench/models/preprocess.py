@@ -170,16 +170,16 @@ def _nests_image_processor(path: Path) -> bool:
 
 
 def _hub_processor_file(repo: str, revision: str | None, fetch: bool) -> tuple[Path, str] | _Unknown | None:
-    """A cached nested processor file first (as transformers reads), then preprocessor_config.json; the nested
-    file is fetched only for a repo without the latter (every repo saved before transformers 5 has it)."""
+    """A cached nested processor file first (as transformers reads), then preprocessor_config.json. The nested file
+    is fetched only for a repo without the latter (every repo saved before transformers 5 has it); one that is
+    neither cached nor fetchable counts as absent, as a snapshot downloaded whole (`hf download`) holds it if the
+    repo has it."""
     nested = _hub_file(repo, NESTED_PROCESSOR_FILE, revision, fetch=False)
     if isinstance(nested, Path) and _nests_image_processor(nested):
         return nested, f"hf:{repo}@{nested.parent.name}/{NESTED_PROCESSOR_FILE}"
     found = _hub_file(repo, PROCESSOR_FILE, revision, fetch)
-    if found is None and nested is UNKNOWN:  # a repo saved by transformers 5 may have only the nested file
+    if found is None and nested is UNKNOWN and fetch:  # a repo saved by transformers 5 may have only the nested one
         nested = _hub_file(repo, NESTED_PROCESSOR_FILE, revision, fetch)
-        if nested is UNKNOWN:
-            return UNKNOWN
         found = nested if isinstance(nested, Path) and _nests_image_processor(nested) else None
     if not isinstance(found, Path):
         return found
