@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmbench import __version__, paths
-from mmbench.config import Registry, config_hash, parse_overrides, resolved_task_dict, to_dict
+from mmbench.config import Registry, config_hash, parse_overrides, resolved_model_dict, resolved_task_dict
 from mmbench.errors import CapabilityError, ConfigError, DataError
 from mmbench.lit.trainer import TrainerOptions
 from mmbench.protocols import RunContext, get_protocol
@@ -84,7 +84,8 @@ def evaluate(
     task_names = registry.expand(tasks, groups)
     if not task_names:
         raise ConfigError("no task given: use --task NAME or --group NAME (see `mmbench list tasks`)")
-    model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
+    with paths.cache_override(cache_dir):  # a spec's local weights are digested once, memoised in the cache
+        model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
     _check_synthetic_options(task_cfgs, data)
@@ -269,7 +270,7 @@ def _run_one(
         primary=tcfg.primary,
         data_source=ctx.data_source,
         limit=ctx.limit,
-        config={"model": to_dict(mcfg), "task": resolved_task_dict(tcfg), "run": run_info},
+        config={"model": resolved_model_dict(mcfg), "task": resolved_task_dict(tcfg), "run": run_info},
         config_hash=chash,
         random_init=mcfg.random_init,
         data_fingerprint=data_fp,
@@ -351,6 +352,8 @@ def _provenance(ctx: RunContext, wall: float, built: _ModelCache) -> dict[str, A
     import torch
     import transformers
 
+    from mmbench.models.specs import model_library
+
     cuda = torch.cuda.is_available() and ctx.trainer.accelerator in ("auto", "gpu", "cuda")
     device = f"{torch.cuda.get_device_name(0)} x{ctx.trainer.devices}" if cuda else f"cpu x{ctx.trainer.devices}"
     return {
@@ -358,6 +361,7 @@ def _provenance(ctx: RunContext, wall: float, built: _ModelCache) -> dict[str, A
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "lightning": lightning.__version__,
+        "model_library": model_library(ctx.model_cfg),  # a spec's or plug-in's library and version
         "python": platform.python_version(),
         "git_commit": _git_commit(),
         "seed": ctx.seed,

@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--model", action="append", required=True, help="model preset (repeatable)")
+    run.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="model preset, spec (hf:ID, timm:NAME, open_clip:ARCH/TAG), preset YAML file or plug-in (repeatable)",
+    )
     run.add_argument("--task", action="append", default=[], help="task name (repeatable)")
     run.add_argument("--group", action="append", default=[], help="task group, e.g. retrieval (repeatable)")
     run.add_argument("--data", choices=["real", "synthetic"], default="real", help="real datasets or generated ones")
@@ -207,6 +212,9 @@ def _list(args: argparse.Namespace) -> int:
             cfg = reg.model(name, check=False)
             tag = " [random weights]" if cfg.random_init else ""
             print(f"{name:<16} {cfg.checkpoint or '-':<40} {cfg.description}{tag}")
+        from mmbench.models.specs import listing
+
+        print("\n".join(listing()))
     elif args.what == "tasks":
         for name in sorted(reg.task_files, key=lambda n: (reg.task_files[n].parent.name, n)):
             cfg = reg.task(name)

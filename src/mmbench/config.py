@@ -31,6 +31,7 @@ from mmbench.errors import ConfigError, UnknownNameError
 from mmbench.schema import DOMAINS, PROTOCOLS, RERANK_OFF, FinetuneParams, ModelConfig, TaskConfig, out_of_range
 
 _HASH_EXCLUDED_MODEL_KEYS = ("description",)
+_SPEC_ONLY_MODEL_KEYS = ("source_id",)  # recorded (and hashed) only when a model spec set them (see models/specs.py)
 _HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
 MODEL_FINETUNE_KEYS = ("frozen",)  # the keys of a preset's free-form `finetune` block (see models.base)
 
@@ -220,16 +221,23 @@ class Registry:
         return found
 
     def model(self, name: str, overrides: dict[str, Any] | None = None, *, check: bool = True) -> ModelConfig:
-        """The validated preset. `check=False` skips the wrapper's own checks of `arch` (they import torch and the
-        model library: seconds), for listings of the committed presets, which tests check in full."""
+        """The validated preset, or what a model spec resolves to when `name` is no preset: `hf:<id|dir>[@rev]`,
+        `timm:<name>`, `open_clip:<arch>[/<tag>]`, a YAML file outside the registry or a plug-in's entry point
+        (`models.specs`). `check=False` skips the wrapper's own checks of `arch` (they import torch and the model
+        library: seconds), for listings of the committed presets, which tests check in full."""
         path = self.model_files.get(name)
-        if path is None:
-            raise UnknownNameError("model", name, self.model_files)
-        data = _with_includes(path)
+        if path is not None:
+            data, where = _with_includes(path), str(path)
+        else:
+            from mmbench.models.specs import resolve_spec
+
+            spec = resolve_spec(name, self.model_files, overrides or {})
+            data, where, name = spec.data, spec.where, spec.name
+            overrides = {k: v for k, v in (overrides or {}).items() if k not in spec.consumed}
         data["name"] = name
-        cfg = _validate(ModelConfig, data, str(path))
+        cfg = _validate(ModelConfig, data, where)
         if overrides:
-            cfg = _validate(ModelConfig, _deep_merge(to_dict(cfg), overrides), f"{path} (with --set overrides)")
+            cfg = _validate(ModelConfig, _deep_merge(to_dict(cfg), overrides), f"{where} (with --set overrides)")
         if not check:
             return cfg
         from mmbench.models import wrapper_class  # the wrapper checks what the schema cannot (keys inside `arch`)
@@ -237,7 +245,7 @@ class Registry:
         try:
             wrapper_class(cfg).check_config(cfg)
         except ConfigError as e:
-            raise ConfigError(f"{path}{' (with --set overrides)' if overrides else ''}: {e}") from None
+            raise ConfigError(f"{where}{' (with --set overrides)' if overrides else ''}: {e}") from None
         return cfg
 
     def task(self, name: str, overrides: dict[str, Any] | None = None) -> TaskConfig:
@@ -323,9 +331,18 @@ def resolved_task_dict(task: TaskConfig) -> dict[str, Any]:
     return d
 
 
+def resolved_model_dict(model: ModelConfig) -> dict[str, Any]:
+    """The model as recorded in results: the spec-only keys (`source_id`) only when a spec set them."""
+    d = to_dict(model)
+    for key in _SPEC_ONLY_MODEL_KEYS:
+        if d.get(key) is None:
+            d.pop(key, None)
+    return d
+
+
 def config_hash(model: ModelConfig, task: TaskConfig, run: dict[str, Any]) -> str:
     """Identity of everything that moves the numbers: model, task (own protocol block), seed, limit, data source."""
-    m = {k: v for k, v in to_dict(model).items() if k not in _HASH_EXCLUDED_MODEL_KEYS}
+    m = {k: v for k, v in resolved_model_dict(model).items() if k not in _HASH_EXCLUDED_MODEL_KEYS}
     t = {k: v for k, v in resolved_task_dict(task).items() if k not in _HASH_EXCLUDED_TASK_KEYS}
     t["data"] = {k: v for k, v in t["data"].items() if k != "root"}  # where the data lies is not what it is
     blob = json.dumps({"model": m, "task": t, "run": run}, sort_keys=True, default=str)

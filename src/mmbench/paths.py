@@ -21,6 +21,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMBENCH_CACHE") or "~/.cache/mmbench").expanduser()
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._]|-(?!-))*")  # a preset's name: no '--', no '~'
+_SPEC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_.]*):([A-Za-z0-9._@+=/-]+)")  # <family>:<ident>
+_MAX_FOLDER = 160
+
+
+def model_folder(name: str) -> str:
+    """The folder name a model's results and caches live under, safe on any file system. A preset's name is its
+    own folder (`clip-tiny`), as before specs existed. A spec's ':' and each '/' become `--` (`hf:org/model` ->
+    `hf--org--model`), reversibly (`spec_name`), since hub ids never hold `--`; a name that would not come back
+    unchanged (other characters, a `--` of its own, too long) is `<readable part>~<digest>`. The three kinds never
+    meet (plain names have neither `--` nor `~`, reversible slugs always `--` and never `~`), so no two models
+    share a folder. Nothing reads a model's name from its folder: results carry their `model`."""
+    import hashlib
+
+    if _PLAIN_NAME.fullmatch(name) and len(name) <= _MAX_FOLDER:
+        return name
+    match = _SPEC_NAME.fullmatch(name)
+    if match:
+        slug = f"{match[1]}--{match[2].replace('/', '--')}"
+        if len(slug) <= _MAX_FOLDER and spec_name(slug) == name:
+            return slug
+    readable = re.sub(r"[^A-Za-z0-9._@+=-]", "-", name.replace(":", "--", 1).replace("/", "--"))
+    return f"{readable[:80]}~{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def spec_name(folder: str) -> str | None:
+    """The spec a reversible `model_folder` slug stands for (`hf--org--model` -> `hf:org/model`); None otherwise."""
+    prefix, sep, rest = folder.partition("--")
+    if not sep or "~" in folder or not _SPEC_NAME.fullmatch(f"{prefix}:x"):
+        return None
+    return f"{prefix}:{rest.replace('--', '/')}"
+
+
 def checkpoint_download_dir() -> Path:
     """Release-URL checkpoints (BEiT-3), downloaded once."""
     return cache_dir() / "checkpoints"

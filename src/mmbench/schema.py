@@ -134,6 +134,10 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     arch: dict[str, Any] = field(default_factory=dict)  # wrapper-specific; each wrapper validates its own
     finetune: dict[str, Any] = field(default_factory=dict)  # wrapper-specific fine-tuning defaults (what to freeze)
+    # What a model spec (`hf:`, `timm:`, ... see models/specs.py) resolved its weights to: `hf:<repo>@<commit>` of a
+    # cached hub snapshot, or the `sha256:` content digest of a local folder or file. Set by specs only; None (every
+    # preset) is left out of the recorded config and its hash, so results made before the field existed stay valid.
+    source_id: str | None = None
 
 
 @dataclass

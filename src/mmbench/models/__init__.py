@@ -1,19 +1,34 @@
 """Model presets -> wrappers. Wrapper classes are imported lazily from the preset's `wrapper: module:Class`, so
-importing mmbench does not import transformers."""
+importing mmbench does not import transformers. Neither does importing this package import torch: `Capability`
+and `ModelWrapper` come from `models.base` on first use, so that `mmbench list models` (which reads the spec
+families of `models.specs`) stays a sub-second command."""
 
 from __future__ import annotations
 
 import importlib
 import time
+from typing import TYPE_CHECKING, Any
 
 from mmbench.errors import ConfigError
-from mmbench.models.base import Capability, ModelWrapper
 from mmbench.schema import ModelConfig
+
+if TYPE_CHECKING:
+    from mmbench.models.base import Capability, ModelWrapper
 
 __all__ = ["Capability", "ModelWrapper", "build_model", "wrapper_class"]
 
 
+def __getattr__(name: str) -> Any:
+    if name in ("Capability", "ModelWrapper"):
+        from mmbench.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def wrapper_class(cfg: ModelConfig) -> type[ModelWrapper]:
+    from mmbench.models.base import ModelWrapper
+
     module_name, _, attr = cfg.wrapper.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)

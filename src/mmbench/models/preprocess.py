@@ -9,9 +9,10 @@ the config names) -> centre crop -> [0, 1] tensor -> normalise. It equals, on th
 Proven in tests/test_preprocess_parity.py.
 
 Where the numbers come from (`resolve_preprocess`): a checkpoint that is a directory or a hub repo and carries a
-`preprocessor_config.json` supplies them, read through the HF image-processor class the file names (which knows
-that class's defaults and the file's legacy spellings, e.g. CLIP's `size: 224` = shortest edge and FLAVA's
-`size: 224` = a 224x224 square); everything else uses the preset. The answer is recorded as `preprocess_source`.
+`preprocessor_config.json` (or transformers 5's `processor_config.json` with a nested `image_processor`) supplies
+them, read through the HF image-processor class the file names (which knows that class's defaults and the file's
+legacy spellings, e.g. CLIP's `size: 224` = shortest edge and FLAVA's `size: 224` = a 224x224 square); everything
+else uses the preset. The answer is recorded as `preprocess_source`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from mmbench.schema import ModelConfig, PreprocessConfig
 log = logging.getLogger("mmbench")
 
 PROCESSOR_FILE = "preprocessor_config.json"
+# transformers 5's `ProcessorMixin.save_pretrained` (CLIPProcessor, ...) writes the image processor's settings nested
+# under "image_processor" in this file instead, and its image processors read that first.
+NESTED_PROCESSOR_FILE = "processor_config.json"
 RESIZE_MODES = ("shortest_edge", "square")
 CROP_ROUNDINGS = ("round", "floor")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -146,18 +150,50 @@ def processor_file(cfg: ModelConfig, fetch: bool) -> tuple[Path, str] | _Unknown
     if "://" in source:  # a release URL is a single weights file (BEiT-3)
         return None
     if is_local_path(source):
-        path = Path(source).expanduser() / PROCESSOR_FILE
-        return (path, str(path)) if path.is_file() else None
+        folder = Path(source).expanduser()
+        for path in (folder / NESTED_PROCESSOR_FILE, folder / PROCESSOR_FILE):  # transformers' order
+            if path.is_file() and (path.name == PROCESSOR_FILE or _nests_image_processor(path)):
+                return path, str(path)
+        return None
     return _hub_processor_file(source, cfg.revision, fetch)
 
 
+def _nests_image_processor(path: Path) -> bool:
+    """Whether a processor_config.json holds an image processor (one written by a tokenizer-only processor
+    does not)."""
+    import json
+
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("image_processor"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable: transformers would fail on it too, from_processor_config names it
+
+
 def _hub_processor_file(repo: str, revision: str | None, fetch: bool) -> tuple[Path, str] | _Unknown | None:
+    """A cached nested processor file first (as transformers reads), then preprocessor_config.json. The nested file
+    is fetched only for a repo without the latter (every repo saved before transformers 5 has it); one that is
+    neither cached nor fetchable counts as absent, as a snapshot downloaded whole (`hf download`) holds it if the
+    repo has it."""
+    nested = _hub_file(repo, NESTED_PROCESSOR_FILE, revision, fetch=False)
+    if isinstance(nested, Path) and _nests_image_processor(nested):
+        return nested, f"hf:{repo}@{nested.parent.name}/{NESTED_PROCESSOR_FILE}"
+    found = _hub_file(repo, PROCESSOR_FILE, revision, fetch)
+    if found is None and nested is UNKNOWN and fetch:  # a repo saved by transformers 5 may have only the nested one
+        nested = _hub_file(repo, NESTED_PROCESSOR_FILE, revision, fetch)
+        found = nested if isinstance(nested, Path) and _nests_image_processor(nested) else None
+    if not isinstance(found, Path):
+        return found
+    return found, f"hf:{repo}@{found.parent.name}/{found.name}"  # snapshots/<commit>/<file>
+
+
+def _hub_file(repo: str, name: str, revision: str | None, fetch: bool) -> Path | _Unknown | None:
+    """The cached file (fetched when `fetch` and not cached); None: the repo has none; UNKNOWN: cannot tell now."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import RemoteEntryNotFoundError
     from huggingface_hub.file_download import _CACHED_NO_EXIST
 
     try:
-        cached = try_to_load_from_cache(repo, PROCESSOR_FILE, revision=revision)
+        cached = try_to_load_from_cache(repo, name, revision=revision)
     except ValueError:  # not a repo id: loading the weights reports that
         return UNKNOWN
     if cached is _CACHED_NO_EXIST:  # the hub said so before, for this commit
@@ -166,13 +202,12 @@ def _hub_processor_file(repo: str, revision: str | None, fetch: bool) -> tuple[P
         if not fetch:
             return UNKNOWN
         try:
-            cached = hf_hub_download(repo, PROCESSOR_FILE, revision=revision)
+            cached = hf_hub_download(repo, name, revision=revision)
         except RemoteEntryNotFoundError:  # the repo has no such file (now recorded in the cache)
             return None
         except (OSError, ValueError):  # offline and not cached, unreachable, unknown repo: unknowable now
             return UNKNOWN
-    path = Path(cached)
-    return path, f"hf:{repo}@{path.parent.name}/{PROCESSOR_FILE}"  # snapshots/<commit>/<file>
+    return Path(cached)
 
 
 def from_processor_config(path: Path, preset: PreprocessConfig) -> PreprocessConfig:

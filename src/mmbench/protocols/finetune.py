@@ -58,6 +58,7 @@ from mmbench.lit.predict import StreamDataModule
 from mmbench.lit.trainer import make_trainer
 from mmbench.metrics import classification
 from mmbench.models.base import Capability
+from mmbench.paths import model_folder
 from mmbench.protocols.base import ProtocolOutput, RunContext
 from mmbench.schema import FinetuneParams, ModelConfig, TaskConfig
 
@@ -178,7 +179,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         trained, held_out = holdout_split(table, p.holdout_fraction, p.holdout_seed)
     fingerprint = hashlib.sha256(f"{len(table)}/{vocab.hash if vocab else ''}".encode()).hexdigest()[:16]
     key = ctx.run_key or config_hash(ctx.model_cfg, task, {"seed": ctx.seed, "limit": ctx.limit})
-    folder = ctx.cache_dir / "finetune" / ctx.model_cfg.name / task.name / key.split(":")[-1]
+    folder = ctx.cache_dir / "finetune" / model_folder(ctx.model_cfg.name) / task.name / key.split(":")[-1]
     state = run_folder.prepare(folder, fingerprint, fresh=ctx.fresh)
 
     rule = _rule(task, p, val_split, select, held_out)

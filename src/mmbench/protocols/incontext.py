@@ -35,7 +35,7 @@ from mmbench.lit.trainer import make_trainer
 from mmbench.metrics import classification
 from mmbench.metrics.vqa import ANSWER_TYPES, postprocess_generation, question_accuracy
 from mmbench.models.base import Capability, ModelWrapper
-from mmbench.paths import atomic_save, atomic_write_text
+from mmbench.paths import atomic_save, atomic_write_text, model_folder
 from mmbench.protocols.base import ProtocolOutput, RunContext
 from mmbench.schema import InContextParams, TaskConfig
 
@@ -63,7 +63,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     model.require(Capability.GENERATE, "in-context evaluation")
 
     key = (ctx.run_key or "unkeyed").split(":")[-1]
-    state = ctx.cache_dir / "incontext" / ctx.model_cfg.name / task.name / key
+    state = ctx.cache_dir / "incontext" / model_folder(ctx.model_cfg.name) / task.name / key
     if ctx.fresh:
         partial.reset(state)
     trials, outputs = [], None

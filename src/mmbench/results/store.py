@@ -1,4 +1,7 @@
-"""Result files on disk: `<output>/runs/<model>/<task>.json`, written atomically, read back for resume."""
+"""Result files on disk: `<output>/runs/<model folder>/<task>.json`, written atomically, read back for resume.
+
+The model folder is the model's name made safe for a file system (`paths.model_folder`: a preset's name as it is,
+a spec's `hf:org/model` as `hf--org--model`); results are read back by their `model` field, never by the folder."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import logging
 from pathlib import Path
 
 from mmbench.errors import DataError
-from mmbench.paths import atomic_write_text
+from mmbench.paths import atomic_write_text, model_folder
 from mmbench.results.schema import TaskResult
 
 log = logging.getLogger("mmbench")
@@ -15,13 +18,13 @@ log = logging.getLogger("mmbench")
 
 def result_path(output: Path, model: str, name: str) -> Path:
     """`name`: the task's result name (`mmbench.schema.result_name`: the task, plus `-<k>shot` for in-context)."""
-    return Path(output) / "runs" / model / f"{name}.json"
+    return Path(output) / "runs" / model_folder(model) / f"{name}.json"
 
 
 def artifact_dir(output: Path, model: str) -> Path:
     """Files a protocol writes beside the results (e.g. VQA server submissions): `<output>/artifacts/<model>/`,
     kept out of `runs/` so that every JSON there is a result."""
-    return Path(output) / "artifacts" / model
+    return Path(output) / "artifacts" / model_folder(model)
 
 
 def name_of(result: TaskResult) -> str:
