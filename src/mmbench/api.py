@@ -28,8 +28,8 @@ from mmbench import __version__, paths
 from mmbench.config import Registry, config_hash, parse_overrides, resolved_model_dict, resolved_task_dict
 from mmbench.errors import CapabilityError, ConfigError, DataError
 from mmbench.lit.trainer import TrainerOptions
-from mmbench.protocols import RunContext, get_protocol
-from mmbench.results import store
+from mmbench.protocols import LOGS_SAMPLES, RunContext, get_protocol
+from mmbench.results import samples, store
 from mmbench.results.schema import TaskResult, scores_from_metrics
 from mmbench.schema import ModelConfig, TaskConfig, result_name
 
@@ -68,12 +68,14 @@ def evaluate(
     cache_dir: str | Path | None = None,
     registry: Registry | None = None,
     on_result: Callable[[TaskResult], None] | None = None,
+    log_samples: bool = False,
 ) -> list[TaskResult]:
     """Evaluate one or more models on tasks and/or groups; returns one `TaskResult` per (model, task).
 
     `overrides` are `--set` items (`model.KEY=VALUE`, `task.KEY=VALUE`) applied to every model / task.
     `redo` runs tasks whose result is up to date again; `fresh` also discards resumable fine-tuning state (run
-    folders, a corrupt checkpoint included) so training starts from the beginning.
+    folders, a corrupt checkpoint included) so training starts from the beginning. `log_samples` also writes each
+    task's per-sample predictions (`mmbench.results.samples`); an up-to-date result without them runs again.
     """
     models = [model] if isinstance(model, str) else list(model)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
@@ -104,6 +106,11 @@ def evaluate(
                 root, source = _data_root(tcfg, data, data_root, cache)
                 data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
                 existing = None if redo or fresh else _up_to_date(output, mcfg.name, tcfg, chash, data_fp)
+                sample_file = samples.samples_path(output, mcfg.name, result_name(tcfg))
+                if existing is not None and log_samples and _lacks_samples(existing, tcfg, sample_file):
+                    log.info("%s x %s: up to date, but no %s: running again to log them", mcfg.name, tcfg.name,
+                             sample_file)  # fmt: skip
+                    existing = None
                 if existing is not None:
                     log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
                     results.append(existing)
@@ -111,6 +118,8 @@ def evaluate(
                 log.info("[%d/%d] %s x %s", step, total, mcfg.name, tcfg.name)
                 # A read-only or misplaced --output must not cost the work: look before it, naming the result.
                 paths.check_writable(store.result_path(output, mcfg.name, result_name(tcfg)), "result")
+                if log_samples:
+                    paths.check_writable(sample_file, "samples file")
                 ctx = RunContext(
                     model_cfg=mcfg,
                     data_root=root,
@@ -127,10 +136,15 @@ def evaluate(
                     artifact_dir=store.artifact_dir(output, mcfg.name),
                     run_key=_run_key(chash, data_fp),
                     fresh=fresh,
+                    log_samples=log_samples,
                     resolve_model=lambda name: registry.model(name, {}),  # the --set model.* are not its
                 )
-                result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, data_fp, built)
+                result, is_zero = _run_one(
+                    mcfg, tcfg, ctx, run_info, chash, data_fp, built, samples_to=sample_file if log_samples else None
+                )
                 if is_zero:
+                    if not (log_samples and result.status == "ok"):
+                        samples.discard_stale(sample_file)
                     store.write(output, result)
                 results.append(result)
                 if on_result is not None and is_zero:
@@ -168,6 +182,12 @@ def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp:
         log.info("%s was computed on other data than %s now holds: running again", path, task.name)
         return None
     return existing
+
+
+def _lacks_samples(existing: TaskResult, task: TaskConfig, sample_file: Path) -> bool:
+    """Would `--log-samples` have something to add to this up-to-date result? Running again is the only way to get
+    its predictions (a fine-tuning run folder is only re-evaluated, the probe's features come from the cache)."""
+    return existing.status == "ok" and task.protocol in LOGS_SAMPLES and not sample_file.is_file()
 
 
 def _splits_read(task: TaskConfig, synthetic: bool) -> list[str]:
@@ -254,6 +274,7 @@ def _run_one(
     chash: str,
     data_fp: str | None,
     built: _ModelCache,
+    samples_to: Path | None = None,
 ) -> tuple[TaskResult, bool]:
     import lightning as L
     import torch
@@ -296,6 +317,11 @@ def _run_one(
     undefined = [k for k in tcfg.scores if not math.isfinite(out.metrics[k])]
     if undefined:
         raise DataError(f"task {tcfg.name!r}: score {undefined[0]!r} is undefined (NaN) on this data")
+    if samples_to is not None and out.is_global_zero:  # before the result: a result logged with samples has them
+        if out.samples is None:
+            log.warning("%s: the %s protocol logs no per-sample predictions", tcfg.name, tcfg.protocol)
+        else:
+            samples.write(samples_to, out.samples)
     result = TaskResult(
         status="ok",
         metrics={k: float(v) for k, v in out.metrics.items()},  # NaN (undefined on the data) is written as null

@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a field: model.max_text_length=64, task.retrieval.chunk_size=256",
     )
+    run.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="also write each task's per-sample predictions to <output>/samples/<model>/<task>.jsonl",
+    )
     run.add_argument("--num-workers", type=int, help="data loader workers per device")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--cache-dir", help="features, synthetic data and downloads (default ~/.cache/mmbench)")
@@ -180,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=not args.no_progress,
         cache_dir=args.cache_dir,
+        log_samples=args.log_samples,
     )
     if _rank() == 0:
         print(summary_table(results))

@@ -64,6 +64,12 @@ class Reader:
         the format cannot offer one (then it cannot be fine-tuned on)."""
         return None
 
+    def sample_ref(self, split: str, i: int) -> dict[str, Any]:
+        """Record i's own id (`id`: file name, question id, GLUE idx) and where its input is (`image`: a path
+        relative to the root, `text`), from the split's index alone -- nothing is decoded. For per-sample logs
+        (`--log-samples`); a reader without one gives `{}` and the log names samples by index only."""
+        return {}
+
     def samples(
         self, split: str, limit: int | None = None, keep: Callable[[int], bool] | None = None
     ) -> Iterator[Record]:

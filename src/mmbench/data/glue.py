@@ -132,6 +132,12 @@ class GlueReader(Reader):
         n = parts[-1].start + parts[-1].table.num_rows if parts else 0
         return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
 
+    def sample_ref(self, split: str, i: int) -> dict[str, Any]:
+        self._index(split)
+        rec = self._record(split, i)  # text columns only: nothing to decode
+        pair = {"text_pair": rec["text_pair"]} if rec["text_pair"] is not None else {}
+        return {"id": rec["key"], "text": rec["text"], **pair}
+
     def _index(self, split: str) -> list[_Part]:
         """The split's files as Arrow tables (text in Arrow buffers: the text itself plus a few bytes a row),
         every row checked when loaded, so a bad row stops the run before its first step."""

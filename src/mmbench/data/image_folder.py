@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mmbench.data.base import Reader, Record, decode_image
 from mmbench.data.classification import CLASSNAMES_FILE, file_digest, read_classnames
@@ -114,6 +115,10 @@ class ImageFolderReader(Reader):
     def random_access(self, split: str, limit: int | None = None) -> Sequence[Record]:
         n = len(self._index(split).label)
         return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
+
+    def sample_ref(self, split: str, i: int) -> dict[str, Any]:
+        key = self._index(split).key[i]
+        return {"id": key, "image": f"{split}/{key}"}
 
     def _record(self, split: str, i: int) -> Record:
         listing = self._listing[split]

@@ -241,6 +241,12 @@ class JsonlReader(Reader):
         n = len(self._index(split).lineno)
         return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
 
+    def sample_ref(self, split: str, i: int) -> dict[str, Any]:
+        """`id`: `<split file>:<line>` (the files carry no common id field)."""
+        index = self._index(split)
+        where = f"{self.split_file(split).name}:{index.lineno[i]}"
+        return {"id": where, "image": index.image[i], "text": index.text[i]}
+
     def _record(self, split: str, i: int) -> Record:
         index = self._splits[split]
         path = self.root / index.image[i]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mmbench.data.base import Reader, Record, decode_image
 from mmbench.data.columns import Codes, LazyRecords, StrColumn, require_files, stat_fingerprint
@@ -86,6 +87,12 @@ class KarpathyReader(Reader):
     def random_access(self, split: str, limit: int | None = None) -> Sequence[Record]:
         n = len(self._index(split).filename)
         return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
+
+    def sample_ref(self, split: str, i: int) -> dict[str, Any]:
+        index = self._index(split)
+        rel = _join(index.folder[i], index.filename[i])
+        base = self.image_dir.relative_to(self.root).as_posix()
+        return {"id": index.filename[i], "image": f"{base}/{rel}" if base != "." else rel}
 
     def _record(self, split: str, i: int) -> Record:
         index = self._splits[split]

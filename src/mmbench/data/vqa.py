@@ -167,6 +167,11 @@ class VqaReader(Reader):
         n = len(self._index(split).question_id)
         return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
 
+    def sample_ref(self, split: str, i: int) -> dict[str, Any]:
+        index = self._index(split)
+        image = self.image_relpath(split, index.image_id[i])
+        return {"id": index.question_id[i], "image": image, "text": index.question[i]}
+
     def _record(self, split: str, i: int) -> Record:
         index = self._splits[split]
         qid = index.question_id[i]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mmbench.data.base import Reader, Record, decode_image
 from mmbench.data.classification import CLASSNAMES_FILE, file_digest, files_fingerprint, parse_label, read_classnames
@@ -94,6 +95,13 @@ class WdsReader(Reader):
     def random_access(self, split: str, limit: int | None = None) -> Sequence[Record]:
         n = self._index(split, limit).starts[-1]
         return LazyRecords(n if limit is None else min(n, limit), partial(self._record, split))
+
+    def sample_ref(self, split: str, i: int) -> dict[str, Any]:
+        index = self._index(split, i + 1)
+        s = bisect.bisect_right(index.starts, i) - 1
+        shard = index.scanned[s]
+        key = shard.keys[i - index.starts[s]]
+        return {"id": key, "image": f"{shard.path.relative_to(self.root).as_posix()}:{key}"}
 
     def _record(self, split: str, i: int) -> Record:
         index = self._splits[split]

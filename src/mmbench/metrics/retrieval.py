@@ -22,10 +22,25 @@ def _best_positive_rank_tr(sim: Tensor, positive: Tensor) -> Tensor:
     return ((sim > best) & ~positive).sum(dim=1)
 
 
-def recall_at_k(
-    image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, ks: list[int] = (1, 5, 10), chunk_size: int = 1024
-) -> dict[str, float]:
-    """image_emb (I, E), text_emb (T, E), text_to_image (T,) long -> {"tr_r1": .., "ir_r1": ..} as fractions.
+@dataclass(frozen=True)
+class Ranks:
+    """Per-query outcome of the chunked pass: what recall@k counts, and each query's top-1 candidate."""
+
+    tr_rank: Tensor  # (I,) rank of each image's best-ranked positive caption (0 = a hit at 1)
+    ir_rank: Tensor  # (T,) rank of each caption's image
+    tr_top1: Tensor  # (I,) the caption ranked first for each image (argmax: ties to the lowest id)
+    ir_top1: Tensor  # (T,) the image ranked first for each caption
+
+    def recall(self, ks: list[int]) -> dict[str, float]:
+        out = {}
+        for k in ks:
+            out[f"tr_r{k}"] = (self.tr_rank < k).double().mean().item()
+            out[f"ir_r{k}"] = (self.ir_rank < k).double().mean().item()
+        return out
+
+
+def retrieval_ranks(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, chunk_size: int = 1024) -> Ranks:
+    """image_emb (I, E), text_emb (T, E), text_to_image (T,) long -> every query's rank and top-1, both ways.
 
     Peak extra memory is O(chunk_size * max(I, T)) instead of the O(I * T) full similarity matrix.
     """
@@ -35,23 +50,31 @@ def recall_at_k(
     image_emb, text_emb = image_emb.double(), text_emb.double()
     text_to_image = text_to_image.to(image_emb.device)
     tr_rank = torch.empty(n_img, dtype=torch.long, device=image_emb.device)
+    tr_top1 = torch.empty(n_img, dtype=torch.long, device=image_emb.device)
     for start in range(0, n_img, chunk_size):
         stop = min(start + chunk_size, n_img)
         sim = image_emb[start:stop] @ text_emb.T  # (c, T)
         rows = torch.arange(start, stop, device=image_emb.device)
         positive = text_to_image[None, :] == rows[:, None]  # (c, T)
         tr_rank[start:stop] = _best_positive_rank_tr(sim, positive)
+        tr_top1[start:stop] = sim.argmax(dim=1)
     ir_rank = torch.empty(n_txt, dtype=torch.long, device=image_emb.device)
+    ir_top1 = torch.empty(n_txt, dtype=torch.long, device=image_emb.device)
     for start in range(0, n_txt, chunk_size):
         stop = min(start + chunk_size, n_txt)
         sim = text_emb[start:stop] @ image_emb.T  # (c, I)
         pos = sim.gather(1, text_to_image[start:stop, None])  # (c, 1)
         ir_rank[start:stop] = (sim > pos).sum(dim=1)
-    out = {}
-    for k in ks:
-        out[f"tr_r{k}"] = (tr_rank < k).double().mean().item()
-        out[f"ir_r{k}"] = (ir_rank < k).double().mean().item()
-    return out
+        ir_top1[start:stop] = sim.argmax(dim=1)
+    return Ranks(tr_rank, ir_rank, tr_top1, ir_top1)
+
+
+def recall_at_k(
+    image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, ks: list[int] = (1, 5, 10), chunk_size: int = 1024
+) -> dict[str, float]:
+    """image_emb (I, E), text_emb (T, E), text_to_image (T,) long -> {"tr_r1": .., "ir_r1": ..} as fractions,
+    from `retrieval_ranks` (memory O(chunk_size * max(I, T)))."""
+    return retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size).recall(ks)
 
 
 def recall_at_k_full(

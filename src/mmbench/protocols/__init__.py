@@ -8,7 +8,7 @@ from collections.abc import Callable
 from mmbench.errors import ConfigError
 from mmbench.protocols.base import ProtocolOutput, RunContext
 
-__all__ = ["PROTOCOLS", "ProtocolOutput", "RunContext", "get_protocol"]
+__all__ = ["LOGS_SAMPLES", "PROTOCOLS", "ProtocolOutput", "RunContext", "get_protocol"]
 
 PROTOCOLS: dict[str, str] = {
     "retrieval": "mmbench.protocols.retrieval:run",
@@ -17,6 +17,9 @@ PROTOCOLS: dict[str, str] = {
     "incontext": "mmbench.protocols.incontext:run",
     "zeroshot": "mmbench.protocols.zeroshot:run",
 }
+
+# The protocols that return per-sample rows under `--log-samples` (in-context evaluation does not, yet).
+LOGS_SAMPLES = ("finetune", "linear_probe", "retrieval", "zeroshot")
 
 
 def get_protocol(name: str) -> Callable[..., ProtocolOutput]:

@@ -6,7 +6,7 @@ model only when it needs one (`ctx.model()`), so a protocol that can answer from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ class RunContext:
     artifact_dir: Path | None = None  # where a protocol may write extra files (e.g. a VQA submission JSON)
     run_key: str | None = None  # the result's config hash: names resumable state (fine-tuning checkpoints)
     fresh: bool = False  # discard resumable state (fine-tuning run folders) instead of resuming from it
+    log_samples: bool = False  # return per-sample rows (`ProtocolOutput.samples`) for `--log-samples`
     # A preset name -> its config, through the run's registry: protocols that need a second model (RICES's CLIP)
     resolve_model: Callable[[str], ModelConfig] | None = None
     _model: ModelWrapper | None = field(default=None, repr=False)
@@ -65,3 +66,6 @@ class ProtocolOutput:
     n_samples: int
     details: dict[str, Any] = field(default_factory=dict)  # protocol extras (chosen L2 strength, format read, ...)
     is_global_zero: bool = True  # only rank 0 writes results in a multi-process run
+    # With `ctx.log_samples`: one JSON-able row per evaluated sample, built from the predictions the metrics were
+    # computed from; lazy (iterated once, by the writer on rank 0), so rows are never all held at once.
+    samples: Iterable[dict[str, Any]] | None = None

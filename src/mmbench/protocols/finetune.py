@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from mmbench.metrics import classification
 from mmbench.models.base import Capability
 from mmbench.paths import model_folder
 from mmbench.protocols.base import ProtocolOutput, RunContext
+from mmbench.protocols.sample_rows import classification_rows, regression_rows, sample_ref
 from mmbench.schema import FinetuneParams, ModelConfig, TaskConfig
 
 log = logging.getLogger("mmbench")
@@ -140,6 +142,8 @@ class _Run:
     module: FinetuneModule
     collate: Collate
     eval_transform: Any
+    # (split, gathered outputs, extras) of each scored split, kept for the sample log (`ctx.log_samples`)
+    scored: list[tuple[str, dict[str, torch.Tensor], dict[int, Any]]] = field(default_factory=list)
 
     @property
     def block_size(self) -> int:
@@ -220,7 +224,39 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         "unused_params_frozen": len(unused),
     }
     details = _details(r, info, counts, per_rank, submissions)
-    return ProtocolOutput(metrics, counts[task.data.split], details=details, is_global_zero=trainer.is_global_zero)
+    samples = sample_rows(r) if ctx.log_samples else None
+    n = counts[task.data.split]
+    return ProtocolOutput(metrics, n, details=details, is_global_zero=trainer.is_global_zero, samples=samples)
+
+
+def sample_rows(r: _Run) -> Iterator[dict[str, Any]]:
+    """Every scored split's predictions (`split` says which; MNLI has two), as its metrics saw them. Classification:
+    `prediction` the argmax class, `score` its softmax probability, `correct`, and `prob_1` for two classes (the
+    AUROC of Hateful Memes ranks it); regression (STS-B): the predicted value as `prediction` and `score`; VQA:
+    the predicted answer text, `target` the annotators' answers, `score` its VQA accuracy (mean = the metric)."""
+    for split, out, extras in r.scored:
+        where = {"split": split}
+        if r.p.head == "vqa":
+            yield from _vqa_rows(r, split, out, extras)
+        elif r.p.head == "regression":
+            yield from regression_rows(r.reader, split, out["index"], out["output"], out.get("target"), where)
+        else:
+            yield from classification_rows(r.reader, split, out["index"], out["output"], out.get("target"), where)
+
+
+def _vqa_rows(r: _Run, split: str, out: dict[str, torch.Tensor], extras: dict[int, Any]) -> Iterator[dict[str, Any]]:
+    from mmbench.metrics.vqa import question_accuracy
+
+    for i, pred in zip(out["index"].tolist(), out["pred"].tolist()):
+        answer, answers = r.vocab.answers[pred], extras[i]["answers"]
+        yield {
+            **sample_ref(r.reader, split, i),
+            "split": split,
+            "prediction": answer,
+            "target": answers,
+            "score": question_accuracy(answer, answers),
+            "answer_type": extras[i]["answer_type"],
+        }
 
 
 def _details(
@@ -359,6 +395,8 @@ def _evaluate_splits(
         metrics.update({f"{k}_{suffix}" if suffix else k: v for k, v in scores.items()})
         counts[split] = len(module.outputs["index"])
         per_rank[split] = list(module.samples_per_rank)
+        if r.ctx.log_samples:  # the gathered predictions just scored; the next split's pass makes new ones
+            r.scored.append((split, module.outputs, module.extras))
         if r.p.head == "vqa" and not suffix and r.ctx.artifact_dir is not None and trainer.is_global_zero:
             _write_submission(r.ctx, r.task, module, r.vocab, split)
     return metrics, counts, per_rank

@@ -29,6 +29,7 @@ from mmbench.models.base import Capability
 from mmbench.protocols.base import ProtocolOutput, RunContext
 from mmbench.protocols.features import SplitFeatures, load_or_extract
 from mmbench.protocols.logreg import LogRegFit, SweepResult, fit_logreg, sweep_l2
+from mmbench.protocols.sample_rows import classification_rows
 from mmbench.schema import LinearProbeParams, TaskConfig
 
 log = logging.getLogger("mmbench")
@@ -162,7 +163,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         max_iter=params.max_iter,
         tol=params.tol,
     )
-    pred = final.predict(test.features).cpu()
+    logits = final.logits(test.features).cpu()  # (N, K)
+    pred = logits.argmax(dim=1)  # (N,) what `final.predict` gives
     metrics = {"top1": top1(pred, test.labels), "mean_per_class": mean_per_class(pred, test.labels)}
     details = {
         "l2": sweep.best_l2,
@@ -185,7 +187,12 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     }
     if ext.cache_error:
         details["feature_cache_error"] = ext.cache_error
-    return ProtocolOutput(metrics, n_samples=len(test.labels), details=details, is_global_zero=ext.is_global_zero)
+    # Test features are in sample-index order, one row per sample (`SplitFeatures`): row i is sample i.
+    index = torch.arange(len(test.labels))
+    samples = classification_rows(reader, test_split, index, logits, test.labels) if ctx.log_samples else None
+    return ProtocolOutput(
+        metrics, n_samples=len(test.labels), details=details, is_global_zero=ext.is_global_zero, samples=samples
+    )
 
 
 def _selection(sweep: SweepResult, metric: str) -> dict[str, Any]:

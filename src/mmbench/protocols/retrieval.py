@@ -19,6 +19,7 @@ and the cost (pairs scored, seconds) in `details.rerank`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,9 +29,10 @@ from mmbench.data import IndexedStream, open_reader
 from mmbench.errors import DataError
 from mmbench.lit.predict import IndexedPredictor, StreamDataModule, predict
 from mmbench.lit.trainer import make_trainer
-from mmbench.metrics.retrieval import contrastive_candidates, recall_at_k, reranked_recall_at_k
+from mmbench.metrics.retrieval import Ranks, contrastive_candidates, reranked_recall_at_k, retrieval_ranks
 from mmbench.models.base import Capability, ModelWrapper
 from mmbench.protocols.base import ProtocolOutput, RunContext
+from mmbench.protocols.sample_rows import sample_ref, truncate
 from mmbench.schema import TaskConfig
 
 
@@ -88,9 +90,10 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
         return {"index": rec["index"], "pixel_values": transform(rec["image"]), "captions": rec["captions"][:k]}
 
     stream = IndexedStream(reader, task.data.split, to_item, ctx.batch_size or params.batch_size, limit=ctx.limit)
-    data = StreamDataModule(stream, ctx.num_workers, _Collate(model, k, keep_texts=bool(params.rerank_k)))
+    keep_texts = bool(params.rerank_k) or ctx.log_samples  # re-ranking and the sample log need the captions
+    data = StreamDataModule(stream, ctx.num_workers, _Collate(model, k, keep_texts=keep_texts))
     trainer = make_trainer(ctx.trainer)
-    texts: list[tuple[int, list[str]]] | None = [] if params.rerank_k else None
+    texts: list[tuple[int, list[str]]] | None = [] if keep_texts else None
     predictor = IndexedPredictor(model, _embed(k, texts))
     out = predict(trainer, predictor, data)
     if not out:
@@ -100,17 +103,18 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     valid = torch.arange(k)[None, :] < counts[:, None]  # (I, k)
     text_emb = out["text"][valid]  # (T, E), ordered by (image, caption)
     text_to_image = torch.arange(len(counts)).repeat_interleave(counts)  # (T,)
-    metrics = recall_at_k(out["image"], text_emb, text_to_image, params.ks, params.chunk_size)
+    ranks = retrieval_ranks(out["image"], text_emb, text_to_image, params.chunk_size)
+    metrics = ranks.recall(params.ks)
     details = {
         "n_images": len(counts),
         "n_texts": int(counts.sum()),
         "format": reader.format,
         "samples_per_rank": predictor.samples_per_rank,
     }
+    captions = [c[:k] for c in _gather_texts(trainer, texts)] if texts is not None else None  # every rank calls
+    if captions is not None and [len(c) for c in captions] != counts.tolist():
+        raise DataError(f"task {task.name!r}: the captions gathered do not match the embeddings")  # never
     if params.rerank_k:
-        captions = [c[:k] for c in _gather_texts(trainer, texts or [])]
-        if [len(c) for c in captions] != counts.tolist():
-            raise DataError(f"task {task.name!r}: the re-ranking pass lost captions")  # never: the same records
         start = time.perf_counter()
         cands = contrastive_candidates(out["image"], text_emb, text_to_image, params.rerank_k, params.chunk_size)
         keys = cands.pair_keys()  # (P,)
@@ -131,7 +135,50 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
             "pairs_per_rank": scorer.samples_per_rank,
             "seconds": round(time.perf_counter() - start, 3),
         }
-    return ProtocolOutput(metrics, n_samples=len(counts), details=details, is_global_zero=trainer.is_global_zero)
+    samples = sample_rows(reader, task.data.split, out["index"], captions, ranks) if ctx.log_samples else None
+    return ProtocolOutput(
+        metrics, n_samples=len(counts), details=details, is_global_zero=trainer.is_global_zero, samples=samples
+    )
+
+
+def sample_rows(
+    reader: Any, split: str, image_index: Tensor, captions: list[list[str]], ranks: Ranks
+) -> Iterator[dict[str, Any]]:
+    """The contrastive ranks behind recall@k, one row per query: first every image (`query: "image"`: `rank` of
+    its best-ranked caption, `prediction` the top-1 caption's id, `target` its captions' ids), then every caption
+    (`query: "text"`, `index` its image's, `caption` its position among them, `id` `<image id>#<position>`: `rank`
+    of its image, `prediction` the top-1 image's id, `target` its image's id). `correct` = `rank` < 1, so
+    recall@k = mean(`rank` < k) over each kind's rows."""
+    refs = [sample_ref(reader, split, i) for i in image_index.tolist()]  # (I,) small: ids and paths
+    image_ids = [ref.get("id", ref["index"]) for ref in refs]
+    caption_ids = [f"{image_ids[r]}#{j}" for r, caps in enumerate(captions) for j in range(len(caps))]  # (T,)
+    starts = [0]
+    for caps in captions:
+        starts.append(starts[-1] + len(caps))
+    for r, (rank, top) in enumerate(zip(ranks.tr_rank.tolist(), ranks.tr_top1.tolist())):
+        target = caption_ids[starts[r] : starts[r + 1]]
+        yield {
+            "query": "image",
+            **refs[r],
+            "prediction": caption_ids[top],
+            "target": target,
+            "rank": rank,
+            "correct": rank < 1,
+        }
+    ir = zip(ranks.ir_rank.tolist(), ranks.ir_top1.tolist())
+    owners = [(r, j, text) for r, caps in enumerate(captions) for j, text in enumerate(caps)]
+    for t, ((r, j, text), (rank, top)) in enumerate(zip(owners, ir)):
+        yield {
+            "query": "text",
+            "index": refs[r]["index"],
+            "caption": j,
+            "id": caption_ids[t],
+            "text": truncate(text),
+            "prediction": image_ids[top],
+            "target": image_ids[r],
+            "rank": rank,
+            "correct": rank < 1,
+        }
 
 
 def _gather_texts(trainer: Any, local: list[tuple[int, list[str]]]) -> list[list[str]]:

@@ -41,6 +41,7 @@ from mmbench.models.fingerprint import source_identity, weights_fingerprint
 from mmbench.paths import atomic_save
 from mmbench.protocols.base import ProtocolOutput, RunContext
 from mmbench.protocols.features import load_or_extract
+from mmbench.protocols.sample_rows import classification_rows
 from mmbench.schema import TaskConfig
 
 log = logging.getLogger("mmbench")
@@ -302,4 +303,9 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     }
     if ext.cache_error:
         details["feature_cache_error"] = ext.cache_error
-    return ProtocolOutput(metrics, n_samples=len(target), details=details, is_global_zero=ext.is_global_zero)
+    samples = None
+    if ctx.log_samples:  # score: softmax of CLIP's 100 x cosine; rows in sample-index order, as the embeddings
+        samples = classification_rows(reader, split, torch.arange(len(target)), logits, target, scale=100.0)
+    return ProtocolOutput(
+        metrics, n_samples=len(target), details=details, is_global_zero=ext.is_global_zero, samples=samples
+    )
