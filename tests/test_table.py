@@ -322,7 +322,9 @@ def test_committed_leaderboard_is_a_fresh_render(tmp_path):
     for sub in ("runs", "synthetic/runs"):
         if (REPO / "results" / sub).is_dir():
             shutil.copytree(REPO / "results" / sub, results / sub)
-    assert check(render(results, REPORTED), REPO / "results" / "LEADERBOARD.md") == []
+    # with its pictures (each must embed the key of what it plots) and cost table, as `mmbench table` writes them
+    board = render(results, REPORTED, plots=True, cost=True)
+    assert check(board, REPO / "results" / "LEADERBOARD.md") == []
 
 
 # --- splits: a measured number beside a paper number from another split ---------------------------------------
@@ -383,7 +385,7 @@ def test_table_renders_a_results_folder_that_holds_no_copy_of_the_papers_numbers
     results = tmp_path / "fresh"
     store.write(results, _result("clip", "sst2", 91.0))
     assert not (results / "reported").exists()
-    assert main(["table", "--results", str(results)]) == 0
+    assert main(["table", "--results", str(results), "--no-plots"]) == 0  # pictures: tests/test_plots.py
     _, rows = _table(_sections((results / "LEADERBOARD.md").read_text())[MAIN])
     assert rows["SST-2"] == {"clip": "91.00", **dict(zip(PAPER_COLUMNS, ["90.94", "88.19", "83.49"]))}
     assert default_reported_dir() == REPORTED  # in a checkout; test_wheel checks the installed package's
@@ -414,7 +416,7 @@ def test_table_on_a_folder_without_results_is_an_error_naming_it(tmp_path, capsy
 
 def test_table_check_fails_naming_the_line_when_the_committed_file_differs(results_dir, tmp_path, capsys):
     out = tmp_path / "board" / "LEADERBOARD.md"
-    args = ["table", "--results", str(results_dir), "--out", str(out)]
+    args = ["table", "--results", str(results_dir), "--out", str(out), "--no-plots"]  # pictures: test_plots.py
     assert main(args) == 0
     assert main([*args, "--check"]) == 0
     assert f"{out} is up to date" in capsys.readouterr().out

@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--out", help="markdown file to write (default <results>/LEADERBOARD.md; CSV beside it)")
     table.add_argument("--check", action="store_true", help="exit 1 if the committed file differs from a fresh render")
     table.add_argument("--print", dest="print_", action="store_true", help="also print the markdown")
+    table.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="no pictures: neither drawn into plots/ beside the markdown nor embedded in it (nor checked)",
+    )
     table.add_argument("--debug", action="store_true")
 
     cmp = sub.add_parser(
@@ -241,7 +246,7 @@ def _table(args: argparse.Namespace) -> int:
     if not any(results.glob("runs/*/*.json")) and not any(results.glob("synthetic/runs/*/*.json")):
         raise DataError(f"--results {results}: no results in it (expected runs/<model>/<task>.json there)")
     out = Path(args.out) if args.out else results / "LEADERBOARD.md"
-    board = table.render(results, Path(args.reported) if args.reported else None)
+    board = table.render(results, Path(args.reported) if args.reported else None, plots=not args.no_plots, cost=True)
     if args.check:
         diffs = table.check(board, out)
         if diffs:
@@ -257,7 +262,11 @@ def _table(args: argparse.Namespace) -> int:
     written = [out, out.with_suffix(".csv")]
     written += [table.zeroshot_csv_path(out)] if board.zeroshot_csv else []
     written += [table.incontext_csv_path(out)] if board.incontext_csv else []
-    print(f"wrote {', '.join(str(p) for p in written)}")
+    written += [table.cost_path(out)] if board.cost else []
+    pictures = (
+        f" and {len(board.pictures)} pictures (PNG + SVG) in {out.parent / table.PLOTS_DIR}" if board.pictures else ""
+    )
+    print(f"wrote {', '.join(str(p) for p in written)}{pictures}")
     return 0
 
 

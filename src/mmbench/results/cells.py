@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -11,6 +12,7 @@ from mmbench.results.schema import TaskResult
 
 NA = "n/a"  # the model cannot do the task
 NOT_RUN = "—"
+_MAX_DIFF_LINES = 10
 
 
 def fmt(value: float, decimals: int = 2) -> str:
@@ -40,3 +42,24 @@ class Section:
 
     markdown: list[str]
     csv: str
+
+
+def line_differences(path: Path, committed: list[str], fresh: list[str]) -> list[str]:
+    """`check`'s report of how a committed file differs from a fresh render: a line each, at most ten."""
+    out: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, committed, fresh, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        for k in range(max(i2 - i1, j2 - j1)):
+            old = committed[i1 + k] if i1 + k < i2 else None
+            new = fresh[j1 + k] if j1 + k < j2 else None
+            where = f"{path}:{i1 + k + 1 if old is not None else i2}"
+            if old is not None and new is not None:
+                out.append(f"{where}: committed {old!r}, fresh render {new!r}")
+            elif old is not None:
+                out.append(f"{where}: committed line {old!r} is not in a fresh render")
+            else:
+                out.append(f"{where}: a fresh render adds {new!r}")
+    if len(out) > _MAX_DIFF_LINES:
+        out = out[:_MAX_DIFF_LINES] + [f"{path}: ... and {len(out) - _MAX_DIFF_LINES} more differing lines"]
+    return out

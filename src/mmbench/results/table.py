@@ -1,9 +1,10 @@
 """The leaderboard: results/LEADERBOARD.md (+ .csv beside it) in the FLAVA paper's Table-4 layout.
 
-Public functions (pure; the CLI `mmbench table [--results DIR] [--out FILE] [--check]` only calls them):
+Public functions (pure; the CLI `mmbench table [--results DIR] [--out FILE] [--check] [--no-plots]` only calls them):
 
-    board = render(results_dir, reported_dir=None) -> Leaderboard  # .markdown .csv .zeroshot_csv .incontext_csv
-    write(board, out_md: Path) -> None            # LEADERBOARD.md, LEADERBOARD.csv (+ -zeroshot/-incontext.csv)
+    board = render(results_dir, reported_dir=None, plots=False, cost=False) -> Leaderboard
+    write(board, out_md: Path) -> None            # LEADERBOARD.md, LEADERBOARD.csv (+ -zeroshot/-incontext.csv,
+                                                  # -cost.md and plots/ when rendered with them)
     check(board, out_md: Path) -> list[str]       # differences from the committed files; [] when equal
     domain_averages(scores_by_task, layout) -> {"language": x | None, "vision": ..., "multimodal": ..., "macro": ...}
 
@@ -22,13 +23,19 @@ one file per shot count) never enter Table 4 or its averages: they go to section
 (`zeroshot_table`, its own average), then in-context (`incontext_table`), each rendered only when such results
 exist, each with its own CSV (`LEADERBOARD-zeroshot.csv`, `LEADERBOARD-incontext.csv`) so that LEADERBOARD.csv
 keeps its columns for its readers.
+A result over several seeds (`scores_std`) prints `mean ± std` in the markdown; its CSV value stays the mean (a
+number) and its note says the spread; the averages use the means.
+
+`cost=True` adds the cost table (`cost.py`, `LEADERBOARD-cost.md`, linked from the markdown) and `plots=True` the
+pictures (`plot.py`: PNG + SVG in `plots/` beside the markdown, a "Pictures" section embedding them); both are drawn
+from the results as a DataFrame (`frame.py`), whose averages are the same rule computed with pandas. `check` then
+also compares the cost table and checks that each picture exists and embeds the key of what it must plot.
 Malformed inputs raise `DataError` / `ConfigError` naming the file and key.
 """
 
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import math
 from collections.abc import Mapping
@@ -37,8 +44,16 @@ from pathlib import Path
 
 from mmbench.errors import DataError
 from mmbench.paths import atomic_write_text
-from mmbench.results import incontext_table, store, zeroshot_table
-from mmbench.results.cells import NA, NOT_RUN, fmt, md  # NA in `scores_by_task`: a task the model cannot do
+from mmbench.results import cost as cost_table
+from mmbench.results import frame as frames
+from mmbench.results import incontext_table, plot, store, zeroshot_table
+from mmbench.results.cells import (
+    NA,
+    NOT_RUN,
+    fmt,
+    line_differences,
+    md,
+)  # NA in `scores_by_task`: a task the model cannot do
 from mmbench.results.layout import (
     Layout,
     Reported,
@@ -55,7 +70,6 @@ MACRO = "macro"
 # lands within 0.01 of its averages (its last digit is sometimes rounded, sometimes truncated: see tests).
 PAPER_TOLERANCE = 0.01
 CSV_FIELDS = ("table", "part", "domain", "task", "score_key", "row", "metric", "column", "value", "note")
-_MAX_DIFF_LINES = 10
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,16 @@ class Leaderboard:
     csv: str
     incontext_csv: str = ""  # "" when there are no in-context results (and so no in-context section)
     zeroshot_csv: str = ""  # "" when there are no zero-shot results (and so no zero-shot section)
+    cost: str = ""  # LEADERBOARD-cost.md; "" when not rendered
+    pictures: tuple[plot.Picture, ...] = ()  # drawn into plots/ beside the markdown; () when not rendered
+
+
+PLOTS_DIR = "plots"  # beside the markdown; its links are relative to it
+
+
+def cost_path(out_md: Path) -> Path:
+    """Where the cost table goes beside `out_md`: LEADERBOARD-cost.md."""
+    return Path(out_md).with_name(f"{Path(out_md).stem}-cost.md")
 
 
 def incontext_csv_path(out_md: Path) -> Path:
@@ -113,6 +137,7 @@ class _Column:
     header: str
     scores: dict[str, dict[str, float] | str] = field(default_factory=dict)  # task -> scores | NA
     reasons: dict[str, str] = field(default_factory=dict)  # task -> why it is n/a
+    spread: dict[str, tuple[dict[str, float], int]] = field(default_factory=dict)  # task -> (scores_std, seeds)
     domains: dict[str, str] = field(default_factory=dict)  # task -> domain, to place tasks outside the layout
     splits: dict[str, str | None] = field(default_factory=dict)  # task -> the split its numbers come from
     split_notes: dict[str, str] = field(default_factory=dict)  # task -> why its split needs a note
@@ -129,9 +154,9 @@ class _Line:
     metric: str = ""
 
 
-def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
+def render(results_dir: Path, reported_dir: Path | None = None, plots: bool = False, cost: bool = False) -> Leaderboard:
     """Render the leaderboard from a results directory (missing = no runs yet), the shipped reported numbers and,
-    if given, a folder of further reported columns."""
+    if given, a folder of further reported columns; with the pictures and the cost table when asked."""
     results_dir = Path(results_dir)
     sources = reported_dirs(reported_dir)
     layout = layout_of(sources)
@@ -139,23 +164,23 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
     other: dict[tuple, _Column] = {}
     incontext: list[incontext_table.Run] = []
     zeroshot: list[zeroshot_table.Run] = []
-    for root, path, res in _read_runs(results_dir):
+    runs = _read_runs(results_dir)
+    for path, res, primary in runs:
+        grade = primary and res.is_reference_grade
         if res.protocol == zeroshot_table.ZEROSHOT:
-            grade = root == results_dir and res.is_reference_grade
-            zeroshot.append(zeroshot_table.Run(path, res, grade, res.model if grade else _other_header(res)))
+            zeroshot.append(zeroshot_table.Run(path, res, grade, frames.header_of(res, grade)))
             continue
         if res.protocol == incontext_table.INCONTEXT:
-            grade = root == results_dir and res.is_reference_grade
-            incontext.append(incontext_table.Run(path, res, grade, res.model if grade else _other_header(res)))
+            incontext.append(incontext_table.Run(path, res, grade, frames.header_of(res, grade)))
             continue
         if store.name_of(res) != res.task:  # a variant (ITM re-ranked retrieval): not the paper's protocol
             continue
         _validate(res, path, layout)
-        if root == results_dir and res.is_reference_grade:
+        if grade:
             col = reference.setdefault(res.model, _Column(res.model))
         else:
             key = (res.model, res.data_source, -1 if res.limit is None else res.limit, res.random_init)
-            col = other.setdefault(key, _Column(_other_header(res)))
+            col = other.setdefault(key, _Column(frames.header_of(res, False)))
             if res.task in col.scores:  # the same run kind in runs/ and synthetic/runs/
                 raise DataError(f"{path}: a second {col.header!r} result for task {res.task!r}; remove one")
         _add(col, res)
@@ -168,7 +193,8 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
     for col in measured:
         col.split_notes = _split_notes(col, reported, layout)
 
-    md = [*_preamble(layout), "", "## Comparable to the paper", ""]
+    seeded = any(col.spread for col in measured + others)
+    md = [*_preamble(layout), *(_SEEDS_LINE if seeded else []), "", "## Comparable to the paper", ""]
     md += _markdown_table(layout, measured + papers)
     md += [
         "",
@@ -197,12 +223,30 @@ def render(results_dir: Path, reported_dir: Path | None = None) -> Leaderboard:
         incontext, incontext_layout, load_reported_incontext(sources, incontext_layout)
     )
     md += ["", *section.markdown] if section else []
+    frame = frames.frame_of(runs) if plots or cost else None
+    costs = cost_table.render(frame) if cost else ""
+    md += (
+        ["", "## Cost", "", f"Wall time, device-hours and peak memory per column: [{_COST_LINK}]({_COST_LINK})."]
+        if costs
+        else []
+    )
+    pictures = plot.plan(frame, layout, reported) if plots else []
+    md += ["", *plot.markdown(pictures, PLOTS_DIR)] if pictures else []
     return Leaderboard(
         markdown="\n".join(md) + "\n",
         csv=buf.getvalue(),
         incontext_csv=section.csv if section else "",
         zeroshot_csv=zs.csv if zs else "",
+        cost=costs,
+        pictures=tuple(pictures),
     )
+
+
+_COST_LINK = cost_path(Path("LEADERBOARD.md")).name
+_SEEDS_LINE = [
+    "- `mean ± std`: a result over several seeds (`--seeds`): the mean and the sample standard deviation (n-1) of "
+    "the seeds' scores; the averages use the means."
+]
 
 
 def write(leaderboard: Leaderboard, out_md: Path) -> None:
@@ -217,6 +261,10 @@ def write(leaderboard: Leaderboard, out_md: Path) -> None:
             atomic_write_text(path, content)
         else:
             path.unlink(missing_ok=True)
+    if leaderboard.cost:
+        atomic_write_text(cost_path(out_md), leaderboard.cost)
+    if leaderboard.pictures:
+        plot.draw(list(leaderboard.pictures), out_md.parent / PLOTS_DIR)
 
 
 def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
@@ -229,26 +277,32 @@ def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
             continue
         committed = path.read_text()
         if committed != fresh:
-            problems += _line_differences(path, committed.splitlines(), fresh.splitlines())
+            problems += line_differences(path, committed.splitlines(), fresh.splitlines())
     for path, fresh, kind in _section_csvs(leaderboard, out_md):
         if fresh:
             if not path.is_file():
                 problems.append(f"{path}: missing; run `mmbench table` to create it")
             elif path.read_text() != fresh:
-                problems += _line_differences(path, path.read_text().splitlines(), fresh.splitlines())
+                problems += line_differences(path, path.read_text().splitlines(), fresh.splitlines())
         elif path.is_file():
             problems.append(f"{path}: a fresh render has no {kind} results; run `mmbench table` to remove it")
+    if leaderboard.cost:
+        path = cost_path(out_md)
+        if not path.is_file():
+            problems.append(f"{path}: missing; run `mmbench table` to create it")
+        elif path.read_text() != leaderboard.cost:
+            problems += line_differences(path, path.read_text().splitlines(), leaderboard.cost.splitlines())
+    if leaderboard.pictures:
+        problems += plot.check(list(leaderboard.pictures), out_md.parent / PLOTS_DIR)
     return problems
 
 
-def _read_runs(results_dir: Path) -> list[tuple[Path, Path, TaskResult]]:
-    """(root, file, result) of every result in `<results_dir>/runs/` and `<results_dir>/synthetic/runs/`, sorted by
-    file. The file is read off the disk rather than rebuilt from (model, task), because an in-context result's file
-    name also carries its shot count."""
-    out = []
-    for root in (results_dir, results_dir / "synthetic"):
-        out += [(root, path, store.read(path)) for path in sorted((root / "runs").glob("*/*.json"))]
-    return out
+def _read_runs(results_dir: Path) -> list[tuple[Path, TaskResult, bool]]:
+    """(file, result, whether it lies in the real runs folder) of every result in `<results_dir>/runs/` and
+    `<results_dir>/synthetic/runs/`, sorted by file (`frame.folder_files`: the DataFrame reads the same files).
+    The file is read off the disk rather than rebuilt from (model, task), because an in-context result's file name
+    also carries its shot count."""
+    return [(path, store.read(path), primary) for path, primary in frames.folder_files(results_dir)]
 
 
 def _validate(res: TaskResult, path: Path, layout: Layout) -> None:
@@ -262,13 +316,6 @@ def _validate(res: TaskResult, path: Path, layout: Layout) -> None:
             raise DataError(f"{path}: key 'scores.{key}': {value!r} is not a finite number")
 
 
-def _other_header(res: TaskResult) -> str:
-    parts = [res.data_source]
-    parts += [f"limit {res.limit}"] if res.limit is not None else []
-    parts += ["random init"] if res.random_init else []
-    return f"{res.model} ({', '.join(parts)})"
-
-
 def _add(col: _Column, res: TaskResult) -> None:
     col.domains[res.task] = res.domain
     task_cfg = res.config.get("task") if isinstance(res.config, dict) else None
@@ -279,6 +326,8 @@ def _add(col: _Column, res: TaskResult) -> None:
         col.reasons[res.task] = res.reason or "no reason recorded"
     else:
         col.scores[res.task] = dict(res.scores)
+        if res.scores_std:
+            col.spread[res.task] = (dict(res.scores_std), len(res.seed_runs))
 
 
 def _split_notes(col: _Column, reported: list[Reported], layout: Layout) -> dict[str, str]:
@@ -421,6 +470,8 @@ def _markdown_table(layout: Layout, columns: list[_Column]) -> list[str]:
             for col in columns:
                 text, reason = _cell(col, line)
                 note = f"{col.header}: {reason}" if reason else _split_note(col, line, text)
+                std, _ = _spread(col, line)
+                text = f"{text} ± {std}" if std else text
                 if note:
                     n = notes.setdefault(note, len(notes) + 1)
                     text = f"{text} [{n}]"
@@ -440,32 +491,22 @@ def _csv_rows(table: str, layout: Layout, columns: list[_Column]) -> list[list[s
         for col in columns:
             text, reason = _cell(col, line)
             value = "" if text == NOT_RUN else text
-            note = reason or _split_note(col, line, text)
+            std, seeds = _spread(col, line)
+            note = "; ".join(n for n in (reason or _split_note(col, line, text), seeds) if n)
             rows.append(
                 [table, line.part, domain, line.task, line.score, line.label, line.metric, col.header, value, note]
             )
     return rows
 
 
+def _spread(col: _Column, line: _Line) -> tuple[str, str]:
+    """(std as printed, what the CSV note says) of a cell measured over several seeds; ("", "") otherwise."""
+    stds, n = col.spread.get(line.task, ({}, 0)) if line.part in ("table4", "other") else ({}, 0)
+    if line.score not in stds:
+        return "", ""
+    std = fmt(stds[line.score])
+    return std, f"mean of {n} seeds, sample std {std}"
+
+
 def _split_note(col: _Column, line: _Line, text: str) -> str:
     return col.split_notes.get(line.task, "") if line.part == "table4" and text not in (NOT_RUN, NA) else ""
-
-
-def _line_differences(path: Path, committed: list[str], fresh: list[str]) -> list[str]:
-    out: list[str] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, committed, fresh, autojunk=False).get_opcodes():
-        if tag == "equal":
-            continue
-        for k in range(max(i2 - i1, j2 - j1)):
-            old = committed[i1 + k] if i1 + k < i2 else None
-            new = fresh[j1 + k] if j1 + k < j2 else None
-            where = f"{path}:{i1 + k + 1 if old is not None else i2}"
-            if old is not None and new is not None:
-                out.append(f"{where}: committed {old!r}, fresh render {new!r}")
-            elif old is not None:
-                out.append(f"{where}: committed line {old!r} is not in a fresh render")
-            else:
-                out.append(f"{where}: a fresh render adds {new!r}")
-    if len(out) > _MAX_DIFF_LINES:
-        out = out[:_MAX_DIFF_LINES] + [f"{path}: ... and {len(out) - _MAX_DIFF_LINES} more differing lines"]
-    return out
