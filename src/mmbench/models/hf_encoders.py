@@ -34,14 +34,14 @@ from torch import Tensor, nn
 from mmbench.errors import ConfigError
 from mmbench.models.base import Capability, ModelWrapper, hf_loading, parse_arch, require_checkpoint
 from mmbench.models.hf import load_or_init, tokenize
+from mmbench.models.hf_spec import TEXT_ENCODER_TYPES, VISION_ENCODER_TYPES
 from mmbench.models.tokenizers import load_tokenizer
 from mmbench.schema import ModelConfig
 
-# model_type -> what the wrapper has been checked against: an encoder whose position 0 is a summary token.
-TEXT_MODEL_TYPES = (
-    "albert", "bert", "camembert", "deberta", "deberta-v2", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta",
-)  # fmt: skip
-VISION_MODEL_TYPES = ("deit", "dinov2", "dinov2_with_registers", "vit")
+# model_type -> what the wrapper has been checked against: an encoder whose position 0 is a summary token. One list,
+# kept where `hf:` specs dispatch on it (hf_spec imports nothing heavy).
+TEXT_MODEL_TYPES = TEXT_ENCODER_TYPES
+VISION_MODEL_TYPES = VISION_ENCODER_TYPES
 
 
 @dataclass

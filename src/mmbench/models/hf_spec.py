@@ -25,7 +25,7 @@ FLAVA_IMAGE_TEXT_LENGTH = 77  # FLAVA's own code: 77 tokens for image-text input
 _TEXT_ENCODER = "mmbench.models.hf_encoders:HfTextEncoderWrapper"
 _VISION_ENCODER = "mmbench.models.hf_encoders:HfVisionEncoderWrapper"
 # The encoders whose position 0 is a summary token ([CLS] / <s>), which the hf_encoders wrappers take as the feature;
-# the same lists as their TEXT_MODEL_TYPES / VISION_MODEL_TYPES (the families branch). Pooled-only vision models
+# hf_encoders takes these lists as its own TEXT_MODEL_TYPES / VISION_MODEL_TYPES. Pooled-only vision models
 # (ConvNeXt, Swin) and HF's BEiT are not among them: they fall to the one-line "not supported".
 TEXT_ENCODER_TYPES = (
     "albert", "bert", "camembert", "deberta", "deberta-v2", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta",

@@ -256,7 +256,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def resolve_spec(ident: str) -> dict[str, Any]:
-    """`open_clip:<arch>[/<tag>]` (or `open_clip:hf-hub:<repo>`) -> the preset mapping, without building the model.
+    """`open_clip:<arch>[/<tag>]` (or `open_clip:hf-hub:<repo>`, or `open_clip:<folder>` in open_clip's hub layout)
+    -> the preset mapping, without building the model.
     The caller adds `name`. Unknown configs or tags are a `ConfigError` with close matches."""
     open_clip = import_open_clip()
     from mmbench.models.arch import did_you_mean
@@ -265,6 +266,11 @@ def resolve_spec(ident: str) -> dict[str, Any]:
     if rest.startswith(HF_HUB):
         repo = rest.removeprefix(HF_HUB)
         return {"wrapper": WRAPPER, "checkpoint": rest, "description": f"open_clip model from the hub repo {repo}"}
+    if Path(rest).expanduser().is_dir():  # a folder in open_clip's hub layout: open_clip_config.json + weights
+        folder = Path(rest).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise ConfigError(f"open_clip folder {folder} holds no open_clip_config.json (open_clip's hub layout)")
+        return {"wrapper": WRAPPER, "checkpoint": str(folder), "description": f"open_clip model in {folder}"}
     model_name, _, tag = rest.partition("/")
     if model_name not in open_clip.list_models():
         raise ConfigError(f"unknown open_clip model {model_name!r}{did_you_mean(model_name, open_clip.list_models())}")
