@@ -54,6 +54,7 @@ from mmbench.lit.finetune_data import (
     training_table,
 )
 from mmbench.lit.heads import HEADS, make_head
+from mmbench.lit.loggers import close_loggers, make_logger
 from mmbench.lit.predict import StreamDataModule
 from mmbench.lit.trainer import make_trainer
 from mmbench.metrics import classification
@@ -332,9 +333,13 @@ def _fit(r: _Run, data: FinetuneData, callback: run_folder.RunFolder, accumulate
         gradient_clip_val=p.grad_clip_norm or None,
         log_every_n_steps=max(1, min(50, p.val_every_steps)),
         callbacks=[callback],
+        logger=make_logger(r.ctx.trainer.logger),  # --logger: the training curves; False without one
     )
     ckpt = r.folder / run_folder.LAST if resume else None
-    trainer.fit(r.module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    try:
+        trainer.fit(r.module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    finally:
+        close_loggers(trainer)
     return trainer
 
 
