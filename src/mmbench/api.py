@@ -11,6 +11,7 @@ protocol under Lightning, and write the versioned result JSON atomically. A capa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -25,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from mmbench import __version__, paths
+from mmbench import seeds as seeding
 from mmbench.config import Registry, config_hash, parse_overrides, resolved_task_dict, to_dict
 from mmbench.errors import CapabilityError, ConfigError, DataError
+from mmbench.lit.loggers import LoggerOptions, check_logger
 from mmbench.lit.trainer import TrainerOptions
 from mmbench.protocols import RunContext, get_protocol
 from mmbench.results import store
@@ -58,7 +61,8 @@ def evaluate(
     devices: int = 1,
     accelerator: str = "auto",
     precision: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    seeds: Iterable[int] | None = None,
     output: str | Path | None = None,
     redo: bool = False,
     fresh: bool = False,
@@ -68,17 +72,25 @@ def evaluate(
     cache_dir: str | Path | None = None,
     registry: Registry | None = None,
     on_result: Callable[[TaskResult], None] | None = None,
+    logger: str | None = None,
+    log_dir: str | Path | None = None,
 ) -> list[TaskResult]:
     """Evaluate one or more models on tasks and/or groups; returns one `TaskResult` per (model, task).
 
     `overrides` are `--set` items (`model.KEY=VALUE`, `task.KEY=VALUE`) applied to every model / task.
     `redo` runs tasks whose result is up to date again; `fresh` also discards resumable fine-tuning state (run
     folders, a corrupt checkpoint included) so training starts from the beginning.
+    `seed` (default 0) runs one seed; `seeds=[0, 1, 2]` runs each and writes one result of their mean, standard
+    deviation and per-seed scores (`mmbench.seeds`). `logger` ("csv", "tensorboard", "wandb") records fine-tuning's
+    training curves under `log_dir` (default `<output>/logs`; `mmbench.lit.loggers`).
     """
     models = [model] if isinstance(model, str) else list(model)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     groups = [groups] if isinstance(groups, str) else list(groups)
     _check_options(data, limit, batch_size, devices, num_workers)
+    seed_list = seeding.resolve(seed, seeds)
+    if logger is not None:
+        check_logger(logger)
     registry = registry or Registry()
     ov = parse_overrides(list(overrides))
     task_names = registry.expand(tasks, groups)
@@ -87,6 +99,7 @@ def evaluate(
     model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
+    log_root = Path(log_dir) if log_dir is not None else output / "logs"
     _check_synthetic_options(task_cfgs, data)
     # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
     with paths.cache_override(cache_dir):
@@ -98,10 +111,11 @@ def evaluate(
             built = _ModelCache()
             for t_i, tcfg in enumerate(task_cfgs):
                 step = m_i * len(task_cfgs) + t_i + 1
-                run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
-                chash = config_hash(mcfg, tcfg, run_info)
                 root, source = _data_root(tcfg, data, data_root, cache)
                 data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
+                task_seeds = seeding.task_seeds(tcfg, root, seed_list)
+                run_info = seeding.run_info(task_seeds, limit, data, precision)
+                chash = config_hash(mcfg, tcfg, run_info)
                 existing = None if redo or fresh else _up_to_date(output, mcfg.name, tcfg, chash, data_fp)
                 if existing is not None:
                     log.info("[%d/%d] %s x %s: up to date (%s), skipped", step, total, mcfg.name, tcfg.name, chash)
@@ -121,14 +135,21 @@ def evaluate(
                     limit=limit,
                     batch_size=batch_size,
                     num_workers=_default_workers(devices) if num_workers is None else num_workers,
-                    seed=seed,
+                    seed=task_seeds[0],
                     cache_dir=cache,
                     artifact_dir=store.artifact_dir(output, mcfg.name),
                     run_key=_run_key(chash, data_fp),
                     fresh=fresh,
                     resolve_model=lambda name: registry.model(name, {}),  # the --set model.* are not its
                 )
-                result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, data_fp, built)
+                if logger is not None:  # --logger: the Trainers that train log to <log dir>/<model>/<task>/seed<N>
+                    ctx.trainer.logger = LoggerOptions(logger, log_root, mcfg.name, result_name(tcfg), ctx.seed, chash)
+                if len(task_seeds) == 1:
+                    result, is_zero = _run_one(mcfg, tcfg, ctx, run_info, chash, data_fp, built)
+                else:
+                    result, is_zero = _run_seeds(
+                        mcfg, tcfg, ctx, run_info, chash, data_fp, built, output, redo or fresh
+                    )
                 if is_zero:
                     store.write(output, result)
                 results.append(result)
@@ -235,6 +256,32 @@ def _tree_fingerprint(root: Path) -> str:
 
     files = sorted(Path(d) / f for d, _, names in os.walk(root) for f in names)
     return files_fingerprint(files, Path(root))
+
+
+def _run_seeds(
+    mcfg: ModelConfig,
+    tcfg: TaskConfig,
+    ctx: RunContext,
+    run_info: dict,
+    chash: str,
+    data_fp: str | None,
+    built: _ModelCache,
+    output: Path,
+    rerun: bool,
+) -> tuple[TaskResult, bool]:
+    """Each seed exactly as its single-seed run (config hash, run folder, logger folder), then one result."""
+
+    def run_seed(seed: int, info: dict, seed_hash: str) -> tuple[TaskResult, bool]:
+        logs = ctx.trainer.logger.for_seed(seed, seed_hash) if ctx.trainer.logger is not None else None
+        trainer = dataclasses.replace(ctx.trainer, logger=logs)
+        seed_ctx = dataclasses.replace(ctx, seed=seed, run_key=_run_key(seed_hash, data_fp), trainer=trainer)
+        return _run_one(mcfg, tcfg, seed_ctx, info, seed_hash, data_fp, built)
+
+    def earlier(seed_hash: str) -> TaskResult | None:
+        return _up_to_date(output, mcfg.name, tcfg, seed_hash, data_fp)
+
+    runner = seeding.SeedRuns(output, mcfg, tcfg, data_fp, rerun, _is_global_zero())
+    return runner.run(run_info, chash, run_seed, earlier)
 
 
 def _run_key(chash: str, data_fp: str | None) -> str:
