@@ -87,9 +87,9 @@ def test_a_run_killed_after_two_seeds_resumes_with_them(tmp_path):
     blocker = logs / "clip-tiny" / "rte" / "seed2"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("in the way")
-    steps = "task.data.synthetic.finetune.max_steps=4"
+    steps = ["task.data.synthetic.finetune.max_steps=4", "task.data.synthetic.finetune.val_every_steps=2"]
     with pytest.raises(OSError):
-        _rte(out, steps, seeds=[0, 1, 2], logger="csv", log_dir=logs)
+        _rte(out, *steps, seeds=[0, 1, 2], logger="csv", log_dir=logs)
     assert not result_path(out, "clip-tiny", "rte").exists()
     kept = [read(seeding.seed_path(out, "clip-tiny", "rte", s)) for s in (0, 1)]
     assert not seeding.seed_path(out, "clip-tiny", "rte", 2).exists()
@@ -101,12 +101,11 @@ def test_a_run_killed_after_two_seeds_resumes_with_them(tmp_path):
         Path(r.details["run_folder"]).rmdir()
 
     blocker.unlink()
-    res = _rte(out, steps, seeds=[0, 1, 2], logger="csv", log_dir=logs)
+    res = _rte(out, *steps, seeds=[0, 1, 2], logger="csv", log_dir=logs)
     assert res.seed_runs[:2] == [
         {"seed": r.config["run"]["seed"], "scores": r.scores, "metrics": r.metrics, "n_samples": r.n_samples}
         for r in kept
     ]
-    assert res.provenance["seeds_reused"] == [0, 1]
     folders = [Path(d["run_folder"]) for d in res.details["per_seed"]]
     assert not folders[0].exists() and not folders[1].exists() and (folders[2] / "best.pt").is_file()
     assert sorted(p.relative_to(logs).as_posix() for p in logs.glob("clip-tiny/rte/*/version_*")) == [
@@ -114,6 +113,7 @@ def test_a_run_killed_after_two_seeds_resumes_with_them(tmp_path):
         "clip-tiny/rte/seed1/version_0",
         "clip-tiny/rte/seed2/version_0",
     ]
+    assert res.provenance["seeds_reused"] == [0, 1]
     # the per-seed files stay outside runs/: the table reads every runs/*/*.json as a result
     assert sorted(p.name for p in out.glob("runs/*/*.json")) == ["rte.json"]
 

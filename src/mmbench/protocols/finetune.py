@@ -197,6 +197,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     callback = run_folder.RunFolder(folder, select, p.max_steps, fingerprint, rule, p.selection, p.select_tolerance)
     if state is not None and state.get("done") or p.max_steps == 0:
         trainer = make_trainer(ctx.trainer)  # a finished run folder: evaluate only
+        if ctx.trainer.logger is not None:
+            log.info("%s: nothing to train (%s is finished, or max_steps is 0), so nothing to log", task.name, folder)
         summary = {"resumed_from": state.get("step", 0) if state else 0, **(state or {})}
     else:
         data = FinetuneData(
