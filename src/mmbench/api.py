@@ -11,6 +11,7 @@ protocol under Lightning, and write the versioned result JSON atomically. A capa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -25,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from mmbench import __version__, paths
+from mmbench import seeds as seeding
 from mmbench.config import Registry, config_hash, parse_overrides, resolved_model_dict, resolved_task_dict
 from mmbench.errors import CapabilityError, ConfigError, DataError
+from mmbench.lit.loggers import LoggerOptions, check_logger
 from mmbench.lit.trainer import TrainerOptions
 from mmbench.protocols import LOGS_SAMPLES, RunContext, get_protocol
 from mmbench.results import samples, store
@@ -58,7 +61,8 @@ def evaluate(
     devices: int = 1,
     accelerator: str = "auto",
     precision: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    seeds: Iterable[int] | None = None,
     output: str | Path | None = None,
     redo: bool = False,
     fresh: bool = False,
@@ -69,6 +73,8 @@ def evaluate(
     registry: Registry | None = None,
     on_result: Callable[[TaskResult], None] | None = None,
     log_samples: bool = False,
+    logger: str | None = None,
+    log_dir: str | Path | None = None,
 ) -> list[TaskResult]:
     """Evaluate one or more models on tasks and/or groups; returns one `TaskResult` per (model, task).
 
@@ -76,11 +82,18 @@ def evaluate(
     `redo` runs tasks whose result is up to date again; `fresh` also discards resumable fine-tuning state (run
     folders, a corrupt checkpoint included) so training starts from the beginning. `log_samples` also writes each
     task's per-sample predictions (`mmbench.results.samples`); an up-to-date result without them runs again.
+    `seed` (default 0) runs one seed; `seeds=[0, 1, 2]` runs each and writes one result of their mean, standard
+    deviation and per-seed scores (`mmbench.seeds`), with `log_samples` one samples file per seed. `logger` ("csv",
+    "tensorboard", "wandb") records fine-tuning's training curves under `log_dir` (default `<output>/logs`;
+    `mmbench.lit.loggers`).
     """
     models = [model] if isinstance(model, str) else list(model)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     groups = [groups] if isinstance(groups, str) else list(groups)
     _check_options(data, limit, batch_size, devices, num_workers)
+    seed_list = seeding.resolve(seed, seeds)
+    if logger is not None:
+        check_logger(logger)
     registry = registry or Registry()
     ov = parse_overrides(list(overrides))
     task_names = registry.expand(tasks, groups)
@@ -90,6 +103,7 @@ def evaluate(
         model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
     task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
     output = Path(output) if output is not None else default_output(data)
+    log_root = Path(log_dir) if log_dir is not None else output / "logs"
     _check_synthetic_options(task_cfgs, data)
     # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
     with paths.cache_override(cache_dir):
@@ -101,13 +115,18 @@ def evaluate(
             built = _ModelCache()
             for t_i, tcfg in enumerate(task_cfgs):
                 step = m_i * len(task_cfgs) + t_i + 1
-                run_info = {"seed": seed, "limit": limit, "data_source": data, "precision": precision}
-                chash = config_hash(mcfg, tcfg, run_info)
                 root, source = _data_root(tcfg, data, data_root, cache)
                 data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
+                task_seeds = seeding.task_seeds(tcfg, root, seed_list)
+                run_info = seeding.run_info(task_seeds, limit, data, precision)
+                chash = config_hash(mcfg, tcfg, run_info)
                 existing = None if redo or fresh else _up_to_date(output, mcfg.name, tcfg, chash, data_fp)
                 sample_file = samples.samples_path(output, mcfg.name, result_name(tcfg))
-                if existing is not None and log_samples and _lacks_samples(existing, tcfg, sample_file):
+                sample_files = (
+                    [sample_file] if len(task_seeds) == 1 else [samples.per_seed(sample_file, s) for s in task_seeds]
+                )
+                lacking = log_samples and tcfg.protocol in LOGS_SAMPLES and any(not f.is_file() for f in sample_files)
+                if existing is not None and lacking and _lacks_samples(existing):
                     log.info("%s x %s: up to date, but no %s: running again to log them", mcfg.name, tcfg.name,
                              sample_file)  # fmt: skip
                     existing = None
@@ -131,7 +150,7 @@ def evaluate(
                     limit=limit,
                     batch_size=batch_size,
                     num_workers=_default_workers(devices) if num_workers is None else num_workers,
-                    seed=seed,
+                    seed=task_seeds[0],
                     cache_dir=cache,
                     artifact_dir=store.artifact_dir(output, mcfg.name),
                     run_key=_run_key(chash, data_fp),
@@ -139,12 +158,28 @@ def evaluate(
                     log_samples=log_samples,
                     resolve_model=lambda name: registry.model(name, {}),  # the --set model.* are not its
                 )
-                result, is_zero = _run_one(
-                    mcfg, tcfg, ctx, run_info, chash, data_fp, built, samples_to=sample_file if log_samples else None
-                )
+                if logger is not None:  # --logger: the Trainers that train log to <log dir>/<model>/<task>/seed<N>
+                    ctx.trainer.logger = LoggerOptions(logger, log_root, mcfg.name, result_name(tcfg), ctx.seed, chash)
+                if len(task_seeds) == 1:
+                    result, is_zero = _run_one(
+                        mcfg,
+                        tcfg,
+                        ctx,
+                        run_info,
+                        chash,
+                        data_fp,
+                        built,
+                        samples_to=sample_file if log_samples else None,
+                    )
+                else:
+                    result, is_zero = _run_seeds(
+                        mcfg, tcfg, ctx, run_info, chash, data_fp, built, output, redo or fresh or lacking,
+                        samples_to=sample_file if log_samples else None,
+                    )  # fmt: skip
                 if is_zero:
                     if not (log_samples and result.status == "ok"):
-                        samples.discard_stale(sample_file)
+                        for stale in sample_files:
+                            samples.discard_stale(stale)
                     store.write(output, result)
                 results.append(result)
                 if on_result is not None and is_zero:
@@ -184,10 +219,10 @@ def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp:
     return existing
 
 
-def _lacks_samples(existing: TaskResult, task: TaskConfig, sample_file: Path) -> bool:
+def _lacks_samples(existing: TaskResult) -> bool:
     """Would `--log-samples` have something to add to this up-to-date result? Running again is the only way to get
     its predictions (a fine-tuning run folder is only re-evaluated, the probe's features come from the cache)."""
-    return existing.status == "ok" and task.protocol in LOGS_SAMPLES and not sample_file.is_file()
+    return existing.status == "ok"
 
 
 def _splits_read(task: TaskConfig, synthetic: bool) -> list[str]:
@@ -256,6 +291,35 @@ def _tree_fingerprint(root: Path) -> str:
 
     files = sorted(Path(d) / f for d, _, names in os.walk(root) for f in names)
     return files_fingerprint(files, Path(root))
+
+
+def _run_seeds(
+    mcfg: ModelConfig,
+    tcfg: TaskConfig,
+    ctx: RunContext,
+    run_info: dict,
+    chash: str,
+    data_fp: str | None,
+    built: _ModelCache,
+    output: Path,
+    rerun: bool,
+    samples_to: Path | None = None,
+) -> tuple[TaskResult, bool]:
+    """Each seed exactly as its single-seed run (config hash, run folder, logger folder), then one result. With
+    `samples_to` each seed that runs logs its samples beside it, as `<name>.seed<N>.jsonl`."""
+
+    def run_seed(seed: int, info: dict, seed_hash: str) -> tuple[TaskResult, bool]:
+        logs = ctx.trainer.logger.for_seed(seed, seed_hash) if ctx.trainer.logger is not None else None
+        trainer = dataclasses.replace(ctx.trainer, logger=logs)
+        seed_ctx = dataclasses.replace(ctx, seed=seed, run_key=_run_key(seed_hash, data_fp), trainer=trainer)
+        seed_samples = samples.per_seed(samples_to, seed) if samples_to is not None else None
+        return _run_one(mcfg, tcfg, seed_ctx, info, seed_hash, data_fp, built, samples_to=seed_samples)
+
+    def earlier(seed_hash: str) -> TaskResult | None:
+        return _up_to_date(output, mcfg.name, tcfg, seed_hash, data_fp)
+
+    runner = seeding.SeedRuns(output, mcfg, tcfg, data_fp, rerun, _is_global_zero())
+    return runner.run(run_info, chash, run_seed, earlier)
 
 
 def _run_key(chash: str, data_fp: str | None) -> str:

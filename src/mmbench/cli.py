@@ -57,7 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--devices", type=int, default=1, help="devices (processes) to run on; >1 uses DDP")
     run.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
     run.add_argument("--precision", help="e.g. bf16-mixed, 16-mixed (default 32-true)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, help="the run's seed (default 0)")
+    run.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="several seeds, e.g. 0,1,2: fine-tuning and the probe's hold-out run once per seed, and the result holds "
+        "their mean, standard deviation and per-seed scores (not with --seed)",
+    )
+    run.add_argument(
+        "--logger",
+        choices=["csv", "tensorboard", "wandb"],
+        help="log fine-tuning's training loss, learning rate and validation metrics (wandb: offline unless "
+        "WANDB_MODE or WANDB_API_KEY say otherwise)",
+    )
+    run.add_argument("--log-dir", help="where --logger writes (default <output>/logs)")
     run.add_argument("--output", help="results folder (default results/, or results/synthetic/ for --data synthetic)")
     run.add_argument(
         "--redo",
@@ -167,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from mmbench.api import evaluate
+    from mmbench.seeds import parse_seeds
 
     if not args.task and not args.group:
         print("mmbench: error: give --task NAME or --group NAME (see `mmbench list tasks`)", file=sys.stderr)
@@ -183,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         precision=args.precision,
         seed=args.seed,
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
         output=args.output,
         redo=args.redo,
         fresh=args.fresh,
@@ -191,6 +206,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cache_dir=args.cache_dir,
         log_samples=args.log_samples,
+        logger=args.logger,
+        log_dir=args.log_dir,
     )
     if _rank() == 0:
         print(summary_table(results))
@@ -205,7 +222,9 @@ def summary_table(results: list[Any]) -> str:
     """One line per (model, task): status, every score, primary metric, samples, seconds."""
     rows = [("model", "task", "data", "status", "scores (0-100)", "n", "seconds")]
     for r in results:
-        scores = "  ".join(f"{k}={v:.2f}" for k, v in r.scores.items()) if r.status == "ok" else (r.reason or "")
+        spread = {k: f"±{v:.2f}" for k, v in r.scores_std.items()}  # several seeds: mean ± sample std
+        scores = "  ".join(f"{k}={v:.2f}{spread.get(k, '')}" for k, v in r.scores.items())
+        scores = scores if r.status == "ok" else (r.reason or "")
         data = r.data_source + (f", limit {r.limit}" if r.limit else "")
         rows.append((r.model, r.task, data, r.status, scores, str(r.n_samples), f"{r.provenance['wall_seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -110,7 +110,18 @@ class FinetuneModule(L.LightningModule):
         torch.default_generator.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
-        return head_loss(self.kind, self(batch), batch["target"])
+        loss = head_loss(self.kind, self(batch), batch["target"])
+        if self.logger is not None:  # --logger only: logging every step costs time that runs without one keep
+            self._log_training(loss)
+        return loss
+
+    def _log_training(self, loss: Tensor) -> None:
+        """This rank's micro-batch loss and the learning rate of the update it belongs to (every parameter group
+        follows one schedule). Lightning writes them every `log_every_n_steps` updates, from rank zero."""
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=False)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            self.log("lr", float(scheduler.get_last_lr()[0]), on_step=True, on_epoch=False)
 
     # ---- evaluation: collect by index, gather, compute once -----------------------------------------------------
     def _collect(self, batch: dict[str, Any]) -> None:
@@ -142,8 +153,8 @@ class FinetuneModule(L.LightningModule):
         gathered, extras = self._gather()
         self.val_metrics = self.evaluate(gathered, extras) if gathered else {}
         for name, value in self.val_metrics.items():
-            # For the progress bar only (selection reads `val_metrics`). The values are identical on every rank;
-            # sync_dist averages them anyway, which costs one tiny all-reduce and keeps Lightning from warning.
+            # For the progress bar and --logger (selection reads `val_metrics`). The values are identical on every
+            # rank; sync_dist averages them anyway, which costs one tiny all-reduce and keeps Lightning from warning.
             self.log(f"val_{name}", value, prog_bar=True, sync_dist=True)
 
     def on_predict_epoch_start(self) -> None:

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tqdm import tqdm
 
 from mmbench.data.base import IndexedStream
+from mmbench.lit.loggers import LoggerOptions
 
 
 @dataclass
@@ -24,6 +25,7 @@ class TrainerOptions:
     precision: str | None = None  # e.g. "bf16-mixed", "16-mixed"; None = 32-true
     progress: bool = True
     deterministic: bool = False
+    logger: LoggerOptions | None = None  # --logger: what the Trainers that train log to (`lit.loggers.make_logger`)
 
 
 def make_trainer(opts: TrainerOptions, **overrides: Any) -> L.Trainer:

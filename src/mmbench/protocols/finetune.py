@@ -55,6 +55,7 @@ from mmbench.lit.finetune_data import (
     training_table,
 )
 from mmbench.lit.heads import HEADS, make_head
+from mmbench.lit.loggers import close_loggers, make_logger
 from mmbench.lit.predict import StreamDataModule
 from mmbench.lit.trainer import make_trainer
 from mmbench.metrics import classification
@@ -201,6 +202,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     callback = run_folder.RunFolder(folder, select, p.max_steps, fingerprint, rule, p.selection, p.select_tolerance)
     if state is not None and state.get("done") or p.max_steps == 0:
         trainer = make_trainer(ctx.trainer)  # a finished run folder: evaluate only
+        if ctx.trainer.logger is not None:
+            log.info("%s: nothing to train (%s is finished, or max_steps is 0), so nothing to log", task.name, folder)
         summary = {"resumed_from": state.get("step", 0) if state else 0, **(state or {})}
     else:
         data = FinetuneData(
@@ -369,9 +372,13 @@ def _fit(r: _Run, data: FinetuneData, callback: run_folder.RunFolder, accumulate
         gradient_clip_val=p.grad_clip_norm or None,
         log_every_n_steps=max(1, min(50, p.val_every_steps)),
         callbacks=[callback],
+        logger=make_logger(r.ctx.trainer.logger),  # --logger: the training curves; False without one
     )
     ckpt = r.folder / run_folder.LAST if resume else None
-    trainer.fit(r.module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    try:
+        trainer.fit(r.module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    finally:
+        close_loggers(trainer)
     return trainer
 
 

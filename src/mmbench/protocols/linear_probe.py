@@ -4,7 +4,9 @@ regression with L-BFGS, L2 strength swept on val, refit on train+val, test top-1
 Validation: the task's official split (`linear_probe.val_split`) when the data contain it under any of its usual
 spellings (`val`, `valid`, `validation`: CLIP_benchmark's Country211 says `valid`), otherwise a seeded hold-out of
 train -- many published `clip-benchmark/wds_*` sets carry only train and test, and a run never stops over a split
-the published files lack. `details["validation"]` records which happened.
+the published files lack. `details["validation"]` records which happened. The hold-out's seed is
+`linear_probe.holdout_seed` plus the run's seed, so `--seeds 0,1,2` measures how much the choice of hold-out moves
+the score (seed 0 draws the hold-out the task names).
 
 Selection: the sweep's scores are accuracies on the validation samples, so they move in steps of one sample, and a
 prediction whose top-2 logits nearly tie can flip on float rounding alone (another CPU kernel: AVX-512 vs AVX2).
@@ -85,8 +87,9 @@ def solver_device(ctx: RunContext) -> torch.device:
     return torch.device("cpu")
 
 
-def _validation(reader: Reader, task: TaskConfig) -> tuple[str | None, dict[str, Any]]:
-    """(the validation split to read or None, the record of what happened)."""
+def _validation(reader: Reader, task: TaskConfig, seed: int) -> tuple[str | None, dict[str, Any]]:
+    """(the validation split to read or None, the record of what happened). A hold-out is drawn with
+    `holdout_seed + seed`: the run's seed moves it (`--seeds`), and seed 0 keeps the task's own."""
     params = task.linear_probe
     split = validation_split(reader, params.val_split)
     if split is not None:
@@ -101,7 +104,7 @@ def _validation(reader: Reader, task: TaskConfig) -> tuple[str | None, dict[str,
             params.train_split,
         )
     record = {"source": "holdout", "of": params.train_split, "fraction": params.holdout_fraction}
-    return None, {**record, "seed": params.holdout_seed, "requested": params.val_split}
+    return None, {**record, "seed": params.holdout_seed + seed, "requested": params.val_split}
 
 
 def _val_source(validation: dict[str, Any]) -> str:
@@ -121,7 +124,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     if not hasattr(reader, "classnames"):
         raise ConfigError(f"task {task.name!r}: data format {reader.format!r} carries no class labels")
     test_split = task.data.split
-    val_split, validation = _validation(reader, task)
+    val_split, validation = _validation(reader, task, ctx.seed)
     splits = list(dict.fromkeys([params.train_split, *([val_split] if val_split else []), test_split]))
     for split in splits:
         try:
@@ -140,7 +143,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     if val_split:
         val = ext.splits[val_split]
     else:
-        train, val = holdout(train, params.holdout_fraction, params.holdout_seed)
+        train, val = holdout(train, params.holdout_fraction, validation["seed"])
 
     device = solver_device(ctx)
     k = len(classnames)

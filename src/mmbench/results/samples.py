@@ -20,14 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from mmbench.errors import DataError
-from mmbench.paths import atomic_write
+from mmbench.paths import atomic_write, model_folder
 
 log = logging.getLogger("mmbench")
 
 
 def samples_path(output: Path, model: str, name: str) -> Path:
     """`name`: the result's name (`mmbench.schema.result_name`), so a samples file pairs with one result file."""
-    return Path(output) / "samples" / model / f"{name}.jsonl"
+    return Path(output) / "samples" / model_folder(model) / f"{name}.jsonl"
+
+
+def per_seed(path: Path, seed: int) -> Path:
+    """The samples file of one seed of a several-seed result (`<name>.seed<N>.jsonl` beside `path`)."""
+    return path.with_name(f"{path.stem}.seed{seed}.jsonl")
 
 
 def _finite(value: Any) -> Any:
