@@ -172,3 +172,20 @@ def test_zeroshot_rows_recompute_top1(tmp_path):
     assert len(rows) == res.n_samples == 30 and [r["index"] for r in rows] == list(range(30))
     pred, target = torch.tensor([r["prediction"] for r in rows]), torch.tensor([r["target"] for r in rows])
     assert top1(pred, target) == res.metrics["top1"] and mean_per_class(pred, target) == res.metrics["mean_per_class"]
+
+
+def test_several_seeds_log_one_samples_file_per_seed(tmp_path):
+    """--seeds with --log-samples: each seed's predictions in `<name>.seed<N>.jsonl`; the result's mean accuracy
+    is the mean of the accuracies recomputed from each seed's rows; the model folder of a spec is file-system safe."""
+    set_ = [a for o in FEW_STEPS for a in ("--set", o)]
+    assert _run(tmp_path, "clip-tiny", "rte", "--limit", "16", *set_, "--seeds", "0,1", "--log-samples") == 0
+    res = read(result_path(tmp_path / "out", "clip-tiny", "rte"))
+    plain = samples.samples_path(tmp_path / "out", "clip-tiny", "rte")
+    assert not plain.exists() and [r["seed"] for r in res.seed_runs] == [0, 1]
+    accuracies = []
+    for seed in (0, 1):
+        rows = samples.read(samples.per_seed(plain, seed))
+        assert len(rows) == 16
+        accuracies.append(sum(r["correct"] for r in rows) / len(rows))
+    assert [r["metrics"]["accuracy"] for r in res.seed_runs] == pytest.approx(accuracies, abs=1e-12)
+    assert res.metrics["accuracy"] == pytest.approx(sum(accuracies) / 2, abs=1e-12)
