@@ -59,7 +59,9 @@ def read_state(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def prepare(folder: Path, fingerprint: str, fresh: bool = False, sharded: bool = False) -> dict[str, Any] | None:
+def prepare(
+    folder: Path, fingerprint: str, fresh: bool = False, sharded: bool = False, accumulate: int | None = None
+) -> dict[str, Any] | None:
     """The state of a resumable run in `folder` (`{}` when a kill came between `last.ckpt` and `state.json`),
     or None for a fresh start. A folder made from other data (another training-set size or answer vocabulary
     under the same config) is cleared rather than resumed, and so are the leftovers of a run killed before its
@@ -75,6 +77,8 @@ def prepare(folder: Path, fingerprint: str, fresh: bool = False, sharded: bool =
         own = saved.get("callbacks", {}).get(RunFolder.__qualname__, {})
         if own.get("fingerprint", fingerprint) == fingerprint:
             _check_layout(folder / LAST, bool(own.get("sharded", False)), sharded)
+            if not (state or {}).get("done"):
+                _check_accumulate(folder / LAST, own.get("accumulate"), accumulate)
             for leftover in folder.glob(".*.tmp"):  # a kill in the middle of a write
                 leftover.unlink(missing_ok=True)
             return state or {}
@@ -90,6 +94,16 @@ def _check_layout(path: Path, saved: bool, now: bool) -> None:
     if saved != now:
         was = "--strategy fsdp" if saved else "a strategy other than fsdp"
         raise CheckpointError(f"{path}: written under {was}; resume it the same way, or {FRESH_HINT}")
+
+
+def _check_accumulate(path: Path, saved: int | None, now: int | None) -> None:
+    """Lightning's restored loop counts this rank's micro-batches: resumed with another accumulation (other
+    --devices x --batch-size split of the same update) it would end the interval, and validate, at another step."""
+    if saved is not None and now is not None and saved != now:
+        raise CheckpointError(
+            f"{path}: trained with {saved} micro-batch(es) per update and process, this run has {now}; resume it "
+            f"with --devices x --batch-size giving {saved} (any number of processes), or {FRESH_HINT}"
+        )
 
 
 def open_checkpoint(path: Path) -> dict[str, Any]:
@@ -118,12 +132,14 @@ class RunFolder(Callback):
         mode: str = "split",
         tolerance: float = 0.0,
         sharded: bool = False,
+        accumulate: int | None = None,
     ):
         if mode not in SELECTIONS:
             raise ValueError(f"selection {mode!r}: expected one of {', '.join(SELECTIONS)}")
         self.folder, self.select, self.max_steps = Path(folder), select, max_steps
         self.fingerprint, self.rule, self.mode, self.tolerance = fingerprint, rule, mode, tolerance
         self.sharded = sharded  # written under FSDP (see `_check_layout`)
+        self.accumulate = accumulate  # micro-batches per update and process (see `_check_accumulate`)
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.chosen_by: str | None = None
@@ -149,6 +165,7 @@ class RunFolder(Callback):
             "history": self.history,
             "fingerprint": self.fingerprint,
             "sharded": self.sharded,
+            "accumulate": self.accumulate,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

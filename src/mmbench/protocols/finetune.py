@@ -180,7 +180,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     key = ctx.run_key or config_hash(ctx.model_cfg, task, {"seed": ctx.seed, "limit": ctx.limit})
     folder = ctx.cache_dir / "finetune" / ctx.model_cfg.name / task.name / key.split(":")[-1]
     sharded = ctx.trainer.strategy == "fsdp"
-    state = run_folder.prepare(folder, fingerprint, fresh=ctx.fresh, sharded=sharded)
+    state = run_folder.prepare(folder, fingerprint, fresh=ctx.fresh, sharded=sharded, accumulate=accumulate)
 
     rule = _rule(task, p, val_split, select, held_out)
     evaluate = _evaluator(p, evals[""][1], vocab, val_split if p.selection == "split" else "the hold-out")
@@ -195,7 +195,7 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     r = _Run(task, ctx, p, reader, vocab, folder, module, collate, eval_transform)
 
     callback = run_folder.RunFolder(
-        folder, select, p.max_steps, fingerprint, rule, p.selection, p.select_tolerance, sharded=sharded
+        folder, select, p.max_steps, fingerprint, rule, p.selection, p.select_tolerance, sharded, accumulate
     )
     if state is not None and state.get("done") or p.max_steps == 0:
         trainer = make_trainer(ctx.trainer)  # a finished run folder: evaluate only
