@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mmbench.api import evaluate
+from mmbench.data.base import part_blocks
 from mmbench.errors import CheckpointError
 
 # No dropout: the masks are drawn per micro-batch, and the micro-batches differ between the runs below.
@@ -97,3 +98,15 @@ def test_fsdp_two_processes_resumed_on_one_equal_the_unsharded_run(tmp_path):
     assert worst <= ATOL, worst
     trained = [k for k in w_ref if "text_model.encoder.layer" in k]
     assert trained and any(not torch.equal(w_ref[k], saved["state_dict"][k]) for k in trained)  # steps 10-20 moved
+
+
+@pytest.mark.parametrize("n_blocks,n_parts,skip", [(5, 2, set()), (1, 2, set()), (7, 3, {0, 4}), (0, 2, set())])
+def test_fsdp_parts_run_as_many_blocks_and_cover_each_once(n_blocks, n_parts, skip):
+    """Under FSDP every rank forwards as many batches as the others (each forward all-gathers parameters); the
+    repeats are of the part's own blocks, so the gather's de-duplication by index leaves each block once."""
+    plain = [part_blocks(n_blocks, n_parts, p, frozenset(skip)) for p in range(n_parts)]
+    even = [part_blocks(n_blocks, n_parts, p, frozenset(skip), even=True) for p in range(n_parts)]
+    live = [b for b in range(n_blocks) if b not in skip]
+    assert sorted(b for part in plain for b in part) == live  # a partition
+    assert {b for part in even for b in part} == set(live)
+    assert len({len(part) for part in even}) == 1 and len(even[0]) == max(len(part) for part in plain)
