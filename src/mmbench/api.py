@@ -30,7 +30,7 @@ from mmbench import seeds as seeding
 from mmbench.config import Registry, config_hash, parse_overrides, resolved_model_dict, resolved_task_dict
 from mmbench.errors import CapabilityError, ConfigError, DataError
 from mmbench.lit.loggers import LoggerOptions, check_logger
-from mmbench.lit.trainer import TrainerOptions
+from mmbench.lit.trainer import TrainerOptions, check_strategy
 from mmbench.protocols import LOGS_SAMPLES, RunContext, get_protocol
 from mmbench.results import samples, store
 from mmbench.results.schema import TaskResult, scores_from_metrics
@@ -59,6 +59,8 @@ def evaluate(
     limit: int | None = None,
     batch_size: int | None = None,
     devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     accelerator: str = "auto",
     precision: str | None = None,
     seed: int | None = None,
@@ -78,6 +80,9 @@ def evaluate(
 ) -> list[TaskResult]:
     """Evaluate one or more models on tasks and/or groups; returns one `TaskResult` per (model, task).
 
+    `devices` x `num_nodes` processes run each task under Lightning's `strategy` (`auto`: DDP when more than
+    one; `fsdp` shards the model; see `mmbench.lit.trainer`); under torchrun or SLURM every process calls this
+    with the same arguments and only global rank 0 writes results.
     `overrides` are `--set` items (`model.KEY=VALUE`, `task.KEY=VALUE`) applied to every model / task.
     `redo` runs tasks whose result is up to date again; `fresh` also discards resumable fine-tuning state (run
     folders, a corrupt checkpoint included) so training starts from the beginning. `log_samples` also writes each
@@ -94,6 +99,7 @@ def evaluate(
     seed_list = seeding.resolve(seed, seeds)
     if logger is not None:
         check_logger(logger)
+    _check_scale(num_nodes, strategy)
     registry = registry or Registry()
     ov = parse_overrides(list(overrides))
     task_names = registry.expand(tasks, groups)
@@ -145,7 +151,12 @@ def evaluate(
                     data_source=source,
                     model_factory=built,
                     trainer=TrainerOptions(
-                        accelerator=accelerator, devices=devices, precision=precision, progress=progress
+                        accelerator=accelerator,
+                        devices=devices,
+                        num_nodes=num_nodes,
+                        precision=precision,
+                        progress=progress,
+                        strategy=strategy,
                     ),
                     limit=limit,
                     batch_size=batch_size,
@@ -195,6 +206,12 @@ def _check_options(data: str, limit: int | None, batch_size: int | None, devices
             raise ConfigError(f"{flag} {value}: expected a positive number")
     if num_workers is not None and num_workers < 0:
         raise ConfigError(f"--num-workers {num_workers}: expected 0 or more")
+
+
+def _check_scale(num_nodes: int, strategy: str) -> None:
+    if num_nodes < 1:
+        raise ConfigError(f"--num-nodes {num_nodes}: expected a positive number")
+    check_strategy(strategy)
 
 
 def _check_synthetic_options(tasks: list[TaskConfig], data: str) -> None:
@@ -444,8 +461,10 @@ def _provenance(ctx: RunContext, wall: float, built: _ModelCache) -> dict[str, A
 
     from mmbench.models.specs import model_library
 
-    cuda = torch.cuda.is_available() and ctx.trainer.accelerator in ("auto", "gpu", "cuda")
-    device = f"{torch.cuda.get_device_name(0)} x{ctx.trainer.devices}" if cuda else f"cpu x{ctx.trainer.devices}"
+    opts = ctx.trainer
+    cuda = torch.cuda.is_available() and opts.accelerator in ("auto", "gpu", "cuda")
+    device = f"{torch.cuda.get_device_name(0)} x{opts.devices}" if cuda else f"cpu x{opts.devices}"
+    device += f", {opts.num_nodes} nodes" if opts.num_nodes > 1 else ""
     return {
         "mmbench": __version__,
         "torch": torch.__version__,
@@ -456,6 +475,7 @@ def _provenance(ctx: RunContext, wall: float, built: _ModelCache) -> dict[str, A
         "git_commit": _git_commit(),
         "seed": ctx.seed,
         "device": device,
+        "strategy": opts.strategy,
         "precision": ctx.trainer.precision or "32-true",
         "wall_seconds": round(wall, 3),
         "model_build_seconds": round(built.build_seconds, 3),

@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=int, help="evaluate only the first N samples (smoke tests; never in the table)")
     run.add_argument("--batch-size", type=int, help="per-device batch size (default: the task's)")
     run.add_argument("--devices", type=int, default=1, help="devices (processes) to run on; >1 uses DDP")
+    run.add_argument(
+        "--num-nodes", type=int, default=1, help="nodes (machines) of --devices processes each, under torchrun or SLURM"
+    )
+    run.add_argument(
+        "--strategy",
+        default="auto",
+        help="auto (DDP when more than one process) | ddp | fsdp (shard the model's layers) | deepspeed",
+    )
     run.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
     run.add_argument("--precision", help="e.g. bf16-mixed, 16-mixed (default 32-true)")
     run.add_argument("--seed", type=int, help="the run's seed (default 0)")
@@ -194,6 +202,8 @@ def _run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
         accelerator=args.accelerator,
         precision=args.precision,
         seed=args.seed,

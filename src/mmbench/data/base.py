@@ -130,6 +130,9 @@ class IndexedStream(IterableDataset):
         self.reader, self.split, self.transform = reader, split, transform
         self.block_size, self.limit = block_size, limit
         self.rank, self.world_size = 0, 1
+        # FSDP: every rank must run as many forward passes as the others (each one all-gathers parameters), so a
+        # part with fewer blocks repeats one of them; the gather drops the repeats by sample index.
+        self.even_parts = False
         # Blocks a resumed run already has (`mmbench.lit.partial`): not read. Every block keeps its owner, so the
         # remaining blocks are read exactly as they would have been.
         self.skip_blocks: frozenset[int] = frozenset()
@@ -146,14 +149,26 @@ class IndexedStream(IterableDataset):
         n_parts, part = self.world_size * workers, self.rank * workers + worker
         block = self.block_size
         if self.records is None:
+            if self.even_parts:
+                raise DataError(f"{self.reader.root}: split {self.split!r} is streamed; --strategy fsdp needs an index")
             skip = self.skip_blocks
             keep = lambda i: (i // block) % n_parts == part and i // block not in skip  # noqa: E731
             for rec in self.reader.samples(self.split, limit=self.limit, keep=keep):
                 yield self.transform(rec)
             return
         n = len(self.records)
-        for start in range(part * block, n, n_parts * block):  # this part's blocks only: the others are not read
-            if start // block in self.skip_blocks:
-                continue
-            for i in range(start, min(start + block, n)):
+        for b in part_blocks(-(-n // block), n_parts, part, self.skip_blocks, self.even_parts):
+            for i in range(b * block, min((b + 1) * block, n)):  # this part's blocks only: the others are not read
                 yield self.transform(self.records[i])
+
+
+def part_blocks(n_blocks: int, n_parts: int, part: int, skip: frozenset[int] = frozenset(), even: bool = False):
+    """The blocks of `part` (b % n_parts == part, less `skip`); with `even`, the first of them (or block 0 for a
+    part without any) repeated until every part has as many as the part with the most."""
+    mine = [b for b in range(part, n_blocks, n_parts) if b not in skip]
+    if even:
+        most = max(len([b for b in range(p, n_blocks, n_parts) if b not in skip]) for p in range(n_parts))
+        live = [b for b in range(n_blocks) if b not in skip]
+        if most and live:
+            mine += [mine[0] if mine else live[0]] * (most - len(mine))
+    return mine

@@ -57,13 +57,20 @@ class WarmupDecay:
         return 1.0 - progress
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters split into decayed (matrices, embeddings) and not decayed (ndim < 2)."""
+def param_groups(module: nn.Module, weight_decay: float, matrices: set[str] | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters split into decayed (matrices, embeddings) and not decayed (ndim < 2). `matrices`:
+    the names of the parameters with ndim >= 2, taken before FSDP flattened them into 1-d shards."""
     decay, no_decay = [], []
-    for _, p in module.named_parameters():
+    for name, p in module.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            is_matrix = p.ndim >= 2 if matrices is None else _unwrapped_name(name) in matrices
+            (decay if is_matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name as the unwrapped module spells it (FSDP inserts `_fsdp_wrapped_module.`)."""
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
 
 def _micro_seed(seed: int, chunk: int) -> int:
@@ -91,6 +98,7 @@ class FinetuneModule(L.LightningModule):
         self.samples_per_rank: list[int] = []  # of the last gather (provenance for multi-process runs)
         self._chunks: list[dict[str, Tensor]] = []
         self._extras: list[tuple[int, Any]] = []
+        self._matrices = {n for n, p in self.named_parameters() if p.ndim >= 2}  # weight decay, under FSDP too
 
     # ---- forward and loss ---------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -169,7 +177,7 @@ class FinetuneModule(L.LightningModule):
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         p = self.params
-        groups = param_groups(self, p.weight_decay)
+        groups = param_groups(self, p.weight_decay, self._matrices)
         kwargs = dict(lr=p.lr, betas=tuple(p.betas), eps=p.eps)
         if p.optimizer == "adamw":
             opt = torch.optim.AdamW(groups, **kwargs)
@@ -179,6 +187,19 @@ class FinetuneModule(L.LightningModule):
             raise ValueError(f"optimizer {p.optimizer!r}: expected adamw or adam")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupDecay(p.warmup_steps, p.max_steps, p.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root = self.trainer.model
+        if gradient_clip_val and isinstance(root, FSDP):
+            # The norm over every rank's shard (Lightning's FSDP precision refuses clipping by norm: a plain
+            # clip_grad_norm_ would see this rank's shard only).
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def gather_objects(module: L.LightningModule, items: list[tuple[int, Any]]) -> dict[int, Any]:

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from mmbench.data.base import IndexedStream, Reader, Record
+from mmbench.data.base import IndexedStream, Reader, Record, part_blocks
 from mmbench.errors import ConfigError, DataError
+from mmbench.lit.sharded import is_sharded
 from mmbench.models.base import ModelWrapper
 
 
@@ -123,6 +124,7 @@ class TableStream(IterableDataset):
         super().__init__()
         self.rows, self.to_item, self.block_size = rows, to_item, block_size
         self.rank, self.world_size = 0, 1
+        self.even_parts = False  # as IndexedStream's (FSDP)
 
     def set_partition(self, rank: int, world_size: int) -> None:
         self.rank, self.world_size = rank, world_size
@@ -131,8 +133,9 @@ class TableStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         n_parts, part = self.world_size * workers, self.rank * workers + worker
-        for first in range(part * self.block_size, len(self.rows), n_parts * self.block_size):
-            for pos in range(first, min(first + self.block_size, len(self.rows))):
+        n, size = len(self.rows), self.block_size
+        for b in part_blocks(-(-n // size), n_parts, part, even=self.even_parts):
+            for pos in range(b * size, min((b + 1) * size, n)):
                 yield self.to_item(self.rows[pos])
 
 
@@ -225,6 +228,7 @@ class FinetuneData(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.val.set_partition(self.trainer.global_rank, self.trainer.world_size)
+        self.val.even_parts = is_sharded(self.trainer)
 
     def _loader(self, dataset: Any, **kwargs: Any) -> DataLoader:
         return DataLoader(

@@ -107,7 +107,10 @@ class StreamDataModule(L.LightningDataModule):
         self.stream, self.num_workers, self.collate_fn = stream, num_workers, collate_fn
 
     def setup(self, stage: str) -> None:
+        from mmbench.lit.sharded import is_sharded
+
         self.stream.set_partition(self.trainer.global_rank, self.trainer.world_size)
+        self.stream.even_parts = is_sharded(self.trainer)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(

@@ -36,6 +36,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mmbench.errors import CheckpointError, OutputError
+from mmbench.lit.sharded import full_state_dict
 from mmbench.paths import atomic_write
 
 LAST, BEST, STATE = "last.ckpt", "best.pt", "state.json"
@@ -58,7 +59,9 @@ def read_state(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def prepare(folder: Path, fingerprint: str, fresh: bool = False) -> dict[str, Any] | None:
+def prepare(
+    folder: Path, fingerprint: str, fresh: bool = False, sharded: bool = False, accumulate: int | None = None
+) -> dict[str, Any] | None:
     """The state of a resumable run in `folder` (`{}` when a kill came between `last.ckpt` and `state.json`),
     or None for a fresh start. A folder made from other data (another training-set size or answer vocabulary
     under the same config) is cleared rather than resumed, and so are the leftovers of a run killed before its
@@ -73,12 +76,34 @@ def prepare(folder: Path, fingerprint: str, fresh: bool = False) -> dict[str, An
             open_checkpoint(folder / BEST)
         own = saved.get("callbacks", {}).get(RunFolder.__qualname__, {})
         if own.get("fingerprint", fingerprint) == fingerprint:
+            _check_layout(folder / LAST, bool(own.get("sharded", False)), sharded)
+            if not (state or {}).get("done"):
+                _check_accumulate(folder / LAST, own.get("accumulate"), accumulate)
             for leftover in folder.glob(".*.tmp"):  # a kill in the middle of a write
                 leftover.unlink(missing_ok=True)
             return state or {}
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _check_layout(path: Path, saved: bool, now: bool) -> None:
+    """An FSDP checkpoint keys its optimizer state by the order of all the model's parameters, a plain one by the
+    order of the optimizer's groups: resuming one as the other would give moments to the wrong parameters.
+    Either resumes under any number of processes and nodes with the strategy it was written with."""
+    if saved != now:
+        was = "--strategy fsdp" if saved else "a strategy other than fsdp"
+        raise CheckpointError(f"{path}: written under {was}; resume it the same way, or {FRESH_HINT}")
+
+
+def _check_accumulate(path: Path, saved: int | None, now: int | None) -> None:
+    """Lightning's restored loop counts this rank's micro-batches: resumed with another accumulation (other
+    --devices x --batch-size split of the same update) it would end the interval, and validate, at another step."""
+    if saved is not None and now is not None and saved != now:
+        raise CheckpointError(
+            f"{path}: trained with {saved} micro-batch(es) per update and process, this run has {now}; resume it "
+            f"with --devices x --batch-size giving {saved} (any number of processes), or {FRESH_HINT}"
+        )
 
 
 def open_checkpoint(path: Path) -> dict[str, Any]:
@@ -106,11 +131,15 @@ class RunFolder(Callback):
         rule: dict[str, Any],
         mode: str = "split",
         tolerance: float = 0.0,
+        sharded: bool = False,
+        accumulate: int | None = None,
     ):
         if mode not in SELECTIONS:
             raise ValueError(f"selection {mode!r}: expected one of {', '.join(SELECTIONS)}")
         self.folder, self.select, self.max_steps = Path(folder), select, max_steps
         self.fingerprint, self.rule, self.mode, self.tolerance = fingerprint, rule, mode, tolerance
+        self.sharded = sharded  # written under FSDP (see `_check_layout`)
+        self.accumulate = accumulate  # micro-batches per update and process (see `_check_accumulate`)
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.chosen_by: str | None = None
@@ -135,6 +164,8 @@ class RunFolder(Callback):
             "chosen_by": self.chosen_by,
             "history": self.history,
             "fingerprint": self.fingerprint,
+            "sharded": self.sharded,
+            "accumulate": self.accumulate,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -150,9 +181,11 @@ class RunFolder(Callback):
             return  # Lightning repeats an interrupted validation on resume: already recorded
         metrics = {k: float(v) for k, v in module.val_metrics.items()}
         self.history.append({"step": step, **metrics})
-        if self.choose(step, metrics) and trainer.is_global_zero:
-            weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-            _write(self.folder / BEST, lambda p: torch.save(weights, p))
+        if self.choose(step, metrics):  # the same on every rank: the metrics are gathered
+            weights = full_state_dict(trainer, module)  # every rank takes part under FSDP; rank 0 writes
+            if trainer.is_global_zero:
+                weights = {k: v.detach().cpu() for k, v in weights.items()}
+                _write(self.folder / BEST, lambda p: torch.save(weights, p))
         self._write_last(trainer)
         if trainer.is_global_zero:
             self.write_state(step)
@@ -216,7 +249,7 @@ def _write(path: Path, write: Any) -> None:
 def load_best(module: torch.nn.Module, folder: Path) -> bool:
     """Load `best.pt` into `module`; False when the run never validated (e.g. `max_steps: 0`)."""
     path = Path(folder) / BEST
-    if not path.is_file():
+    if not _every_rank_sees(path):
         return False
     try:
         # Memory-mapped: the tensors are copied once, into the module, not first into a second copy of the model.
@@ -227,3 +260,19 @@ def load_best(module: torch.nn.Module, folder: Path) -> bool:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: unreadable fine-tuning checkpoint ({reason}); {FRESH_HINT}") from None
     return True
+
+
+def _every_rank_sees(path: Path) -> bool:
+    """Whether `path` exists, the same answer on every rank: rank 0 wrote it, and a node that does not see it
+    would evaluate other weights than rank 0 (a cache folder that is not on a filesystem all nodes share)."""
+    here = path.is_file()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return here
+    seen: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(seen, here)
+    if len(set(seen)) > 1:
+        missing = [r for r, s in enumerate(seen) if not s]
+        raise CheckpointError(
+            f"{path}: not visible on rank(s) {missing}: --cache-dir must be a folder every node shares"
+        )
+    return here

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import warnings
@@ -14,7 +15,12 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tqdm import tqdm
 
 from mmbench.data.base import IndexedStream
+from mmbench.errors import ConfigError
 from mmbench.lit.loggers import LoggerOptions
+
+# `auto`: one process as is, DDP for more; `fsdp`: parameters sharded across the ranks (`mmbench.lit.sharded`);
+# `deepspeed`: Lightning's, when the package is installed.
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 
 
 @dataclass
@@ -26,19 +32,44 @@ class TrainerOptions:
     progress: bool = True
     deterministic: bool = False
     logger: LoggerOptions | None = None  # --logger: what the Trainers that train log to (`lit.loggers.make_logger`)
+    strategy: str = "auto"  # one of STRATEGIES
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+def check_strategy(strategy: str) -> None:
+    """A strategy mmbench can run, before any work: one line naming `--strategy` otherwise."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("--strategy deepspeed: DeepSpeed is not installed (pip install deepspeed)")
+
+
+def _strategy(opts: TrainerOptions) -> Any:
+    """Lightning's strategy for the options: a fresh object per Trainer (a strategy holds the wrapped model)."""
+    if opts.strategy == "fsdp":
+        from mmbench.lit.sharded import ShardedStrategy
+
+        return ShardedStrategy()
+    if opts.strategy in ("ddp", "deepspeed"):
+        return opts.strategy
+    return "ddp" if opts.world_size > 1 else "auto"
 
 
 def make_trainer(opts: TrainerOptions, **overrides: Any) -> L.Trainer:
     """A Trainer with the suite's defaults: no logger, our own sample splitting (`use_distributed_sampler=False`,
-    see `mmbench.data.IndexedStream`), DDP when more than one device (gloo on CPU, NCCL on GPU)."""
+    see `mmbench.data.IndexedStream`), DDP when more than one process (gloo on CPU, NCCL on GPU) unless
+    `opts.strategy` names another. The cluster (torchrun, SLURM, or Lightning's own launcher) is Lightning's to
+    detect from the environment."""
     quiet_lightning()
-    multi = opts.devices > 1 or opts.num_nodes > 1
     callbacks = [*overrides.pop("callbacks", []), *([ProgressBar()] if opts.progress else [])]
     kwargs: dict[str, Any] = dict(
         accelerator=opts.accelerator,
         devices=opts.devices,
         num_nodes=opts.num_nodes,
-        strategy="ddp" if multi else "auto",
+        strategy=_strategy(opts),
         precision=opts.precision or "32-true",
         logger=False,
         enable_checkpointing=False,

@@ -179,6 +179,18 @@ class ModelWrapper(nn.Module):
             raise ConfigError(f"model {self.cfg.name!r}: key 'finetune.frozen': no parameters under {missing}")
         return frozen
 
+    def fsdp_wrap_modules(self) -> set[type[nn.Module]]:
+        """The submodule classes `--strategy fsdp` shards as units (each gathered whole only while it runs). By
+        default the classes of the repeated layers of every `nn.ModuleList` named like a transformer layer
+        (`...Layer`, `...Block`); a wrapper whose big parts are named otherwise overrides this."""
+        return {
+            type(m)
+            for stack in self.modules()
+            if isinstance(stack, nn.ModuleList)
+            for m in stack
+            if type(m).__name__.endswith(("Layer", "Block"))
+        }
+
     def require(self, needed: Capability, what: str) -> None:
         """Raise `CapabilityError` (recorded as n/a) when the model lacks a capability `what` needs."""
         check_capabilities(self.cfg.name, self.capabilities, needed, what)

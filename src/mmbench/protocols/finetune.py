@@ -185,7 +185,8 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     fingerprint = hashlib.sha256(f"{len(table)}/{vocab.hash if vocab else ''}".encode()).hexdigest()[:16]
     key = ctx.run_key or config_hash(ctx.model_cfg, task, {"seed": ctx.seed, "limit": ctx.limit})
     folder = ctx.cache_dir / "finetune" / model_folder(ctx.model_cfg.name) / task.name / key.split(":")[-1]
-    state = run_folder.prepare(folder, fingerprint, fresh=ctx.fresh)
+    sharded = ctx.trainer.strategy == "fsdp"
+    state = run_folder.prepare(folder, fingerprint, fresh=ctx.fresh, sharded=sharded, accumulate=accumulate)
 
     rule = _rule(task, p, val_split, select, held_out)
     evaluate = _evaluator(p, evals[""][1], vocab, val_split if p.selection == "split" else "the hold-out")
@@ -199,7 +200,9 @@ def run(task: TaskConfig, ctx: RunContext) -> ProtocolOutput:
     eval_transform = module.model.image_transform(train=False, image_size=p.image_size) if pair else None
     r = _Run(task, ctx, p, reader, vocab, folder, module, collate, eval_transform)
 
-    callback = run_folder.RunFolder(folder, select, p.max_steps, fingerprint, rule, p.selection, p.select_tolerance)
+    callback = run_folder.RunFolder(
+        folder, select, p.max_steps, fingerprint, rule, p.selection, p.select_tolerance, sharded, accumulate
+    )
     if state is not None and state.get("done") or p.max_steps == 0:
         trainer = make_trainer(ctx.trainer)  # a finished run folder: evaluate only
         if ctx.trainer.logger is not None:
