@@ -209,4 +209,5 @@ def test_cost_table_numbers_are_recomputed_from_the_provenance(tmp_path):
 
 
 def test_device_counts_come_from_the_provenance_device_string():
-    assert [frames.n_devices(d) for d in ("cpu x2", "NVIDIA H200 x8", "cpu", None)] == [2, 8, 1, None]
+    devices = ("cpu x2", "NVIDIA H200 x8", "cpu x1, 2 nodes", "NVIDIA H200 x8, 4 nodes", "cpu", None)
+    assert [frames.n_devices(d) for d in devices] == [2, 8, 2, 32, 1, None]

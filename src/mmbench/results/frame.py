@@ -73,7 +73,8 @@ COLUMNS = (
 )
 _INTS = ("n_seeds", "limit", "n", "seed", "shots", "n_devices", "schema_version")  # nullable integers (Int64)
 _FLOATS = ("value", "std", "wall_seconds", "peak_rss_mb", "peak_gpu_mb")
-_DEVICE = re.compile(r"^(?P<name>.*\S)\s+x(?P<count>\d+)$")  # provenance.device: "cpu x2", "NVIDIA H200 x8"
+# provenance.device: "cpu x2", "NVIDIA H200 x8", "NVIDIA H200 x8, 4 nodes" (devices per node)
+_DEVICE = re.compile(r"^(?P<name>.*\S)\s+x(?P<count>\d+)(?:, (?P<nodes>\d+) nodes)?$")
 SECTION_PROTOCOLS = ("zeroshot", "incontext")  # their own leaderboard sections: never in Table 4's averages
 
 
@@ -110,11 +111,12 @@ def header_of(result: TaskResult, reference: bool) -> str:
 
 
 def n_devices(device: Any) -> int | None:
-    """How many devices a run used, from `provenance.device` ("cpu x2", "NVIDIA H200 x8"); None when unrecorded."""
+    """How many devices a run used, from `provenance.device` ("cpu x2", "NVIDIA H200 x8", "... x8, 4 nodes": 32);
+    None when unrecorded."""
     if not isinstance(device, str):
         return None
     m = _DEVICE.match(device)
-    return int(m["count"]) if m else 1
+    return int(m["count"]) * int(m["nodes"] or 1) if m else 1
 
 
 def load(path: str | Path) -> pd.DataFrame:
