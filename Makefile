@@ -46,8 +46,13 @@ demo: setup
 	$(BIN)/mmbench run $(addprefix --model ,$(GENERATIVE_TINY)) $(INCONTEXT) --set task.incontext.shots=4 --output .demo
 	$(BIN)/mmbench table --results .demo --reported results/reported --out .demo/LEADERBOARD.md --print
 
+# Tests run in TEST_WORKERS pytest-xdist processes, a test file per worker (its module fixtures built once). Most tests
+# are one-threaded (tiny matmuls, OMP_NUM_THREADS=1), so two workers keep a 2-core machine busy; every test has its
+# own temporary folders and caches, so they do not share state. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The tests whose assertions go through float kernels (models, solvers, training, metrics), run again under each
 # ATEN_CPU_CAPABILITY below this CPU's own (default; avx2 on an AVX-512 machine): a test must not pin a number that
@@ -61,11 +66,11 @@ KERNEL_TESTS ?= tests/test_linear_probe.py tests/test_logreg.py tests/test_probe
   tests/test_retrieval_metric.py tests/test_vqa_metric.py tests/test_models.py tests/test_image_size.py \
   tests/test_preprocess_parity.py tests/test_beit3.py tests/test_beit3_parity.py tests/test_flamingo.py \
   tests/test_flamingo_parity.py tests/test_fingerprint.py tests/test_flamingo_generate.py tests/test_idefics.py \
-  tests/test_zeroshot.py
+  tests/test_zeroshot.py tests/test_model_families.py
 test-capabilities: setup
 	@for cap in $$($(BIN)/python .ci/capabilities.py); do \
 	  echo "== kernel-sensitive tests with ATEN_CPU_CAPABILITY=$$cap"; \
-	  ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -m "not multiprocess" $(KERNEL_TESTS) || exit 1; \
+	  ATEN_CPU_CAPABILITY=$$cap $(PYTEST) -m "not multiprocess" $(KERNEL_TESTS) || exit 1; \
 	done
 
 lint: setup
