@@ -31,7 +31,8 @@ from mmbench.errors import ConfigError, UnknownNameError
 from mmbench.schema import DOMAINS, PROTOCOLS, RERANK_OFF, FinetuneParams, ModelConfig, TaskConfig, out_of_range
 
 _HASH_EXCLUDED_MODEL_KEYS = ("description",)
-_HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
+# What a task asks a scheduler for (`resources`) is not what it computes: a longer time limit keeps its results.
+_HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels", "resources")
 MODEL_FINETUNE_KEYS = ("frozen",)  # the keys of a preset's free-form `finetune` block (see models.base)
 
 
