@@ -130,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# `run` options that make it a plan of jobs (see _launch); the ones after the fourth need --launcher.
+LAUNCH_FLAGS = (
+    *("dry_run", "launcher", "changed_since", "json"),
+    *("no_wait", "array_parallelism", "slurm_partition", "slurm_account"),
+)
+
+
 def _launch_arguments(run: argparse.ArgumentParser) -> None:
     sweep = run.add_argument_group("plans and launchers (one job per model and task, see README: Scaling out)")
     sweep.add_argument(
@@ -187,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.task and not args.group:
         print("mmbench: error: give --task NAME or --group NAME (see `mmbench list tasks`)", file=sys.stderr)
         return EXIT_CONFIG
-    if args.dry_run or args.launcher or args.changed_since:
+    if any(getattr(args, flag) not in (None, False) for flag in LAUNCH_FLAGS):
         return _launch(args)
     results = evaluate(
         args.model,
@@ -220,7 +227,7 @@ def _launch(args: argparse.Namespace) -> int:
     from mmbench.launch import format_plan, plan, plan_json, run_in_process
 
     usage = "--json goes with --dry-run" if args.json and not args.dry_run else None
-    for flag in ("no_wait", "array_parallelism", "slurm_partition", "slurm_account"):
+    for flag in LAUNCH_FLAGS[4:]:
         if getattr(args, flag) not in (None, False) and not args.launcher:
             usage = f"--{flag.replace('_', '-')} goes with --launcher"
     if usage:

@@ -239,7 +239,8 @@ def _child_imports_this_mmbench() -> Iterator[None]:
 
     src = str(Path(mmbench.__file__).resolve().parents[1])
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([src, *([saved] if saved else [])])
+    rest = [p for p in (saved or "").split(os.pathsep) if p and p != src]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src, *rest])
     try:
         yield
     finally:

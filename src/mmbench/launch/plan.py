@@ -97,7 +97,7 @@ def plan(
     (data, data_root, limit, seed, output, redo, overrides, ...); each job's `evaluate_kwargs` hold them for its
     (model, task). Nothing is built or written: `evaluate` decides again, identically, when the job runs.
     `changed_since`: a git ref; an up-to-date result made before a change of code that counts for it is re-run."""
-    opts = {**evaluate_defaults(), **options}
+    opts = {**evaluate_defaults(), "devices": None, **options}  # devices: None = the launcher's choice
     unknown = sorted(set(opts) - set(evaluate_defaults()))
     if unknown:
         raise TypeError(f"plan() got unknown evaluate options: {', '.join(unknown)}")
@@ -105,7 +105,13 @@ def plan(
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     groups = [groups] if isinstance(groups, str) else list(groups)
     # evaluate's own checks, so that a bad option fails here and not once per submitted job
-    api._check_options(opts["data"], opts["limit"], opts["batch_size"], opts["devices"] or 1, opts["num_workers"])
+    api._check_options(
+        opts["data"],
+        opts["limit"],
+        opts["batch_size"],
+        1 if opts["devices"] is None else opts["devices"],
+        opts["num_workers"],
+    )
     model_cfgs, task_cfgs = api.resolve_configs(models, tasks, groups, opts["overrides"], registry or Registry())
     api._check_synthetic_options(task_cfgs, opts["data"])
     output = Path(opts["output"]) if opts["output"] is not None else api.default_output(opts["data"])
@@ -159,7 +165,10 @@ def run_in_process(jobs: list[Job]) -> list[Any]:
     run is its own `evaluate` call; up-to-date ones are skipped. The first failure ends the run, as in `evaluate`."""
     results = []
     for job in (j for j in jobs if j.to_run):
-        kwargs = {**job.evaluate_kwargs, "devices": job.evaluate_kwargs["devices"] or 1}
+        kwargs = {
+            **job.evaluate_kwargs,
+            "devices": 1 if job.evaluate_kwargs["devices"] is None else job.evaluate_kwargs["devices"],
+        }
         results += api.evaluate(**kwargs)
     return results
 
