@@ -20,7 +20,8 @@ from mmbench.config import config_hash, parse_overrides
 from mmbench.data import synthetic
 from mmbench.errors import ConfigError
 from mmbench.launch import CodeChanges, counts_for, plan, run_in_process
-from mmbench.launch.executors import LaunchOptions, launch
+from mmbench.launch.executors import LaunchOptions, job_kwargs, launch, slurm_parameters
+from mmbench.launch.plan import evaluate_defaults
 from mmbench.results.store import read, result_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,3 +247,14 @@ def test_regenerate_workflow_parses_and_calls_commands_that_exist():
         assert parsed.command in ("run", "table")
     assert any(s.get("uses", "").startswith("peter-evans/create-pull-request") for s in job["steps"])
     assert job["steps"][0]["with"]["fetch-depth"] == 0  # --changed-since needs the history
+
+
+def test_a_multi_node_task_asks_for_its_nodes(tmp_path):
+    [job] = plan("clip-tiny", "vqav2", output=tmp_path, data_root=tmp_path, overrides=["task.resources.nodes=2"])
+    params = slurm_parameters(job, None, None)
+    assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (2, 8, 8)
+    if "num_nodes" in evaluate_defaults():  # evaluate runs a task across nodes (Lightning's num_nodes)
+        assert job_kwargs(job, "slurm")["num_nodes"] == 2
+    else:
+        with pytest.raises(ConfigError, match=r"^task 'vqav2': resources.nodes 2, but this mmbench runs a task on one"):
+            job_kwargs(job, "slurm")

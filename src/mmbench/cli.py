@@ -157,10 +157,10 @@ def _launch_arguments(run: argparse.ArgumentParser) -> None:
     )
     sweep.add_argument("--no-wait", action="store_true", help="with --launcher: submit and return")
     sweep.add_argument(
-        "--array-parallelism", type=int, help="jobs at once (local: default 1; slurm: the array's limit)"
+        "--array-parallelism", type=int, metavar="N", help="jobs at once (local: default 1; slurm: the array's limit)"
     )
-    sweep.add_argument("--slurm-partition", help="SLURM partition of the jobs")
-    sweep.add_argument("--slurm-account", help="SLURM account charged for the jobs")
+    sweep.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition of the jobs")
+    sweep.add_argument("--slurm-account", metavar="NAME", help="SLURM account charged for the jobs")
 
 
 def main(argv: list[str] | None = None) -> int:

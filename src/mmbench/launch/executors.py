@@ -24,7 +24,7 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from mmbench.errors import EXIT_INTERNAL, exit_code, user_message
+from mmbench.errors import EXIT_INTERNAL, ConfigError, exit_code, user_message
 from mmbench.launch.plan import Job
 from mmbench.paths import atomic_write_text
 
@@ -71,7 +71,7 @@ class EvaluateJob(Checkpointable):
         logging.getLogger("mmbench").setLevel(logging.INFO)
         try:
             results = evaluate(**self.kwargs)
-        except BaseException as e:
+        except Exception as e:  # not SystemExit: submitit exits that way when it requeues the job
             err = {"error": user_message(e).splitlines()[0], "exit_code": exit_code(e), "type": type(e).__name__}
             atomic_write_text(Path(self.error_file), json.dumps(err) + "\n")
             raise
@@ -93,7 +93,7 @@ class LaunchOptions:
     parallelism: int | None = None
     partition: str | None = None
     account: str | None = None
-    poll_seconds: float = 1.0
+    poll_seconds: float = 0.5
 
 
 def launch(jobs: list[Job], launcher: str, folder: Path, options: LaunchOptions = LaunchOptions()) -> list[Outcome]:
@@ -130,17 +130,26 @@ def report(outcomes: list[Outcome], folder: Path) -> tuple[str, int]:
 def job_kwargs(job: Job, launcher: str) -> dict[str, Any]:
     """The job's evaluate() call on this launcher. Devices: `--devices` if given; else slurm runs the task's
     `resources.gpus` per node (one process per device, as Lightning expects under SLURM) and local runs one."""
-    kwargs = dict(job.evaluate_kwargs)
-    if kwargs.get("devices") is None:
-        kwargs["devices"] = max(1, job.resources.gpus) if launcher == "slurm" else 1
+    kwargs = {**job.evaluate_kwargs, "devices": job_devices(job, launcher)}
     if job.resources.nodes > 1:
-        kwargs["num_nodes"] = job.resources.nodes  # evaluate's --num-nodes (multi-node runs, issue 17)
+        if "num_nodes" not in kwargs:  # evaluate's options, as the plan recorded them
+            raise ConfigError(
+                f"task {job.task!r}: resources.nodes {job.resources.nodes}, but this mmbench runs a task on one node"
+            )
+        kwargs["num_nodes"] = job.resources.nodes
     return kwargs
+
+
+def job_devices(job: Job, launcher: str) -> int:
+    devices = job.evaluate_kwargs.get("devices")
+    if devices is not None:
+        return devices
+    return max(1, job.resources.gpus) if launcher == "slurm" else 1
 
 
 def slurm_parameters(job: Job, partition: str | None, account: str | None) -> dict[str, Any]:
     """submitit's (AutoExecutor) parameters for one job: Lightning under SLURM wants one task per device."""
-    r, devices = job.resources, job_kwargs(job, "slurm")["devices"]
+    r, devices = job.resources, job_devices(job, "slurm")
     params: dict[str, Any] = {
         "timeout_min": r.time_minutes,
         "nodes": r.nodes,
@@ -175,7 +184,8 @@ def _run_local(todo: list[Job], folder: Path, opts: LaunchOptions) -> Iterator[O
             yield from (Outcome(j, "submitted", job_id=s.job_id) for j, s in running)
             running = []
             continue
-        finished = [(j, s) for j, s in running if s.done()]
+        # The result pickle (written atomically) ends a job: the process may take seconds more to tear torch down.
+        finished = [(j, s) for j, s in running if s.paths.result_pickle.exists() or s.done()]
         for job, sub in finished:
             running.remove((job, sub))
             yield _outcome(job, sub, folder)
