@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -133,6 +134,24 @@ def test_dry_run_says_why_a_job_runs_and_builds_nothing(tmp_path, data_root, in_
     assert "--json goes with --dry-run" in capsys.readouterr().err
 
 
+def test_the_plan_sees_changed_data_and_damaged_results_as_evaluate_does(tmp_path, data_root, in_process):
+    """Copies keep names, sizes and modification times, so the stored results stand on them; then one shard is
+    touched and one result damaged."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(data_root, data)
+    shutil.copytree(in_process / "runs", out / "runs")
+    opts = dict(data_root=data, output=out, cache_dir=in_process / "cache")
+
+    def reasons() -> dict[str, str]:
+        return {j.task: j.reason for j in plan("clip-tiny", ["flickr30k", "cifar10"], **opts)}
+
+    assert reasons() == {"flickr30k": "up to date", "cifar10": "up to date"}
+    shard = next((data / "cifar10").rglob("*.tar"))
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    result_path(out, "clip-tiny", "flickr30k").write_text("{")
+    assert reasons() == {"flickr30k": "unreadable result", "cifar10": "data changed"}
+
+
 def _git(repo: Path, *args: str) -> str:
     cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
     return subprocess.run(cmd, cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
@@ -231,14 +250,28 @@ def test_slurm_launcher_submits_arrays_with_the_tasks_resources(tmp_path, fake_s
     assert job.kwargs["fresh"] and not job.checkpoint().function.kwargs["fresh"]
 
 
-def test_regenerate_workflow_parses_and_calls_commands_that_exist():
+def _workflow_plan_args(script: str, tmp_path: Path) -> str:
+    """The plan step's arguments as its shell builds them (its lines up to the one that outputs them), in this
+    repository, with the workflow's default inputs."""
+    end = script.index("\n", script.index('>> "$GITHUB_OUTPUT"'))
+    head = script[:end].replace("${{ github.event.inputs.changed_since }}", "")
+    env = {**os.environ, "MODEL_PRESETS": "flava clip", "TASK_GROUPS": "flava35 zeroshot"}
+    env["GITHUB_OUTPUT"] = str(tmp_path / "output")
+    subprocess.run(["bash", "-euo", "pipefail", "-c", head], cwd=REPO, env=env, check=True, capture_output=True)
+    outputs = dict(line.split("=", 1) for line in (tmp_path / "output").read_text().splitlines())
+    return outputs["args"]
+
+
+def test_regenerate_workflow_parses_and_calls_commands_that_exist(tmp_path):
     flow = yaml.safe_load((REPO / ".github" / "workflows" / "regenerate.yml").read_text())
     assert set(flow[True]) == {"workflow_dispatch", "schedule"}  # YAML reads the key `on` as True
     job = flow["jobs"]["regenerate"]
     assert job["runs-on"] == ["self-hosted", "gpu"] and {"MMBENCH_DATA", "HF_HOME"} <= set(flow["env"])
     runs = "\n".join(s.get("run", "") for s in job["steps"]).replace("\\\n", " ")
-    args = "--model flava --model clip --group flava35 --group zeroshot --changed-since abc123 --no-progress"
-    assert '--changed-since $REF --no-progress"' in runs  # how the plan step builds ARGS
+    args = _workflow_plan_args(next(s["run"] for s in job["steps"] if s.get("id") == "plan"), tmp_path)
+    parsed = _parser().parse_args(["run", *shlex.split(args)])
+    assert parsed.model == ["flava", "clip"] and parsed.group == ["flava35", "zeroshot"]
+    assert re.fullmatch(r"[0-9a-f]{40}", parsed.changed_since) and parsed.no_progress
     commands = [c.split(" | ")[0].split(" > ")[0] for c in re.findall(r"\.venv/bin/mmbench ([^\n]+)", runs)]
     assert len(commands) == 4
     for command in commands:
