@@ -19,7 +19,7 @@ from mmbench import api, paths
 from mmbench.config import Registry, to_dict
 from mmbench.errors import ConfigError
 from mmbench.results import store
-from mmbench.schema import PROTOCOLS, Resources, result_name
+from mmbench.schema import PROTOCOLS, ModelConfig, Resources, TaskConfig, result_name
 
 TO_RUN, UP_TO_DATE = "to run", "up to date"
 # Code under src/mmbench/ that never moves a number: argument parsing, errors, paths, launching, result files and
@@ -116,7 +116,6 @@ def plan(
     api._check_synthetic_options(task_cfgs, opts["data"])
     output = Path(opts["output"]) if opts["output"] is not None else api.default_output(opts["data"])
     code = CodeChanges(changed_since, code_dir) if changed_since else None
-    redo = bool(opts["redo"] or opts["fresh"])
     with paths.cache_override(opts["cache_dir"]):
         cache = paths.cache_dir()
         jobs = []
@@ -134,30 +133,36 @@ def plan(
                     precision=opts["precision"],
                     prepare=False,
                 )
-                job = Job(
-                    model=mcfg.name,
-                    task=tcfg.name,
-                    result_name=result_name(tcfg),
-                    protocol=tcfg.protocol,
-                    config_hash=state.config_hash,
-                    result_path=store.result_path(output, mcfg.name, result_name(tcfg)),
-                    status=UP_TO_DATE if state.up_to_date else TO_RUN,
-                    reason=state.reason,
-                    resources=tcfg.resources,
-                    data_source=state.data_source,
-                    data_root=state.data_root,
-                    data_fingerprint=state.data_fingerprint,
-                    evaluate_kwargs={**opts, "model": mcfg.name, "tasks": [tcfg.name], "groups": [], "output": output},
-                )
-                if state.up_to_date and redo:
-                    job.status, job.reason = TO_RUN, "redo"
-                elif state.up_to_date and code is not None:
-                    job.changed_files = code.for_result(tcfg.protocol, state.result.provenance.get("git_commit"))
-                    if job.changed_files:  # its config and data stand: only a redo runs it again
-                        job.status, job.reason = TO_RUN, "code changed"
-                        job.evaluate_kwargs["redo"] = True
-                jobs.append(job)
+                jobs.append(_job(mcfg, tcfg, state, output, opts, code))
     return jobs
+
+
+def _job(
+    mcfg: ModelConfig, tcfg: TaskConfig, state: api.Standing, output: Path, opts: dict, code: CodeChanges | None
+) -> Job:
+    job = Job(
+        model=mcfg.name,
+        task=tcfg.name,
+        result_name=result_name(tcfg),
+        protocol=tcfg.protocol,
+        config_hash=state.config_hash,
+        result_path=store.result_path(output, mcfg.name, result_name(tcfg)),
+        status=UP_TO_DATE if state.up_to_date else TO_RUN,
+        reason=state.reason,
+        resources=tcfg.resources,
+        data_source=state.data_source,
+        data_root=state.data_root,
+        data_fingerprint=state.data_fingerprint,
+        evaluate_kwargs={**opts, "model": mcfg.name, "tasks": [tcfg.name], "groups": [], "output": output},
+    )
+    if state.up_to_date and (opts["redo"] or opts["fresh"]):
+        job.status, job.reason = TO_RUN, "redo"
+    elif state.up_to_date and code is not None:
+        job.changed_files = code.for_result(tcfg.protocol, state.result.provenance.get("git_commit"))
+        if job.changed_files:  # its config and data stand: only a redo runs it again
+            job.status, job.reason = TO_RUN, "code changed"
+            job.evaluate_kwargs["redo"] = True
+    return job
 
 
 def run_in_process(jobs: list[Job]) -> list[Any]:
