@@ -21,6 +21,7 @@ import resource
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,8 @@ def evaluate(
         check_logger(logger)
     _check_scale(num_nodes, strategy)
     registry = registry or Registry()
-    ov = parse_overrides(list(overrides))
-    task_names = registry.expand(tasks, groups)
-    if not task_names:
-        raise ConfigError("no task given: use --task NAME or --group NAME (see `mmbench list tasks`)")
     with paths.cache_override(cache_dir):  # a spec's local weights are digested once, memoised in the cache
-        model_cfgs = [registry.model(m, ov["model"]) for m in models]  # validate every name before any work
-    task_cfgs = [registry.task(t, ov["task"]) for t in task_names]
+        model_cfgs, task_cfgs = resolve_configs(models, tasks, groups, overrides, registry)
     output = Path(output) if output is not None else default_output(data)
     log_root = Path(log_dir) if log_dir is not None else output / "logs"
     _check_synthetic_options(task_cfgs, data)
@@ -121,12 +117,14 @@ def evaluate(
             built = _ModelCache()
             for t_i, tcfg in enumerate(task_cfgs):
                 step = m_i * len(task_cfgs) + t_i + 1
-                root, source = _data_root(tcfg, data, data_root, cache)
-                data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
-                task_seeds = seeding.task_seeds(tcfg, root, seed_list)
-                run_info = seeding.run_info(task_seeds, limit, data, precision)
-                chash = config_hash(mcfg, tcfg, run_info)
-                existing = None if redo or fresh else _up_to_date(output, mcfg.name, tcfg, chash, data_fp)
+                state = standing(
+                    mcfg, tcfg, output, data, data_root, cache, seeds=seed_list, limit=limit, precision=precision
+                )
+                run_info, chash, data_fp = state.run_info, state.config_hash, state.data_fingerprint
+                root, source, task_seeds = state.data_root, state.data_source, state.seeds
+                existing = None if redo or fresh else state.result
+                if state.reason == "data changed" and not (redo or fresh):
+                    log.info("%s x %s: the result was computed on other data: running again", mcfg.name, tcfg.name)
                 sample_file = samples.samples_path(output, mcfg.name, result_name(tcfg))
                 sample_files = (
                     [sample_file] if len(task_seeds) == 1 else [samples.per_seed(sample_file, s) for s in task_seeds]
@@ -223,17 +221,79 @@ def _check_synthetic_options(tasks: list[TaskConfig], data: str) -> None:
             synthetic.check_options(tcfg)
 
 
-def _up_to_date(output: Path, model: str, task: TaskConfig, chash: str, data_fp: str | None) -> TaskResult | None:
-    """The stored result if it still stands: valid, same config hash, and (unless n/a, which no data can change)
-    made on the same data. Repaired or replaced data must be evaluated again, not reported from before."""
-    existing = store.find_complete(output, model, result_name(task), chash)
-    if existing is None or existing.status == "n/a":
-        return existing
-    if data_fp is None or existing.data_fingerprint != data_fp:
-        path = store.result_path(output, model, result_name(task))
-        log.info("%s was computed on other data than %s now holds: running again", path, task.name)
-        return None
-    return existing
+def resolve_configs(
+    models: list[str], tasks: list[str], groups: list[str], overrides: Iterable[str], registry: Registry
+) -> tuple[list[ModelConfig], list[TaskConfig]]:
+    """Every model and task config of a run, `--set` overrides applied; every name is validated before any work."""
+    ov = parse_overrides(list(overrides))
+    task_names = registry.expand(tasks, groups)
+    if not task_names:
+        raise ConfigError("no task given: use --task NAME or --group NAME (see `mmbench list tasks`)")
+    return [registry.model(m, ov["model"]) for m in models], [registry.task(t, ov["task"]) for t in task_names]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one (model, task) stands before it runs: its identity (config hash, data) and the stored result if it
+    still stands (`result`), else why it must run (`reason`: new, config changed, data changed, unreadable result).
+    `evaluate` skips on it and `mmbench.launch` plans with it: one decision, made in one place."""
+
+    run_info: dict[str, Any]
+    config_hash: str
+    data_root: Path
+    data_source: str
+    data_fingerprint: str | None  # None: the data cannot be opened (or, planning, are not generated yet)
+    result: TaskResult | None
+    reason: str  # "up to date" when `result` is set
+    seeds: list[int]  # the seeds this task runs (several only where a seed moves its numbers)
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.result is not None
+
+
+def standing(
+    mcfg: ModelConfig,
+    tcfg: TaskConfig,
+    output: Path,
+    data: str,
+    data_root: str | Path | None,
+    cache: Path,
+    *,
+    seeds: list[int],
+    limit: int | None,
+    precision: str | None,
+    prepare: bool = True,
+) -> Standing:
+    """The stored result stands when it is valid, has the same config hash, and (unless n/a, which no data can
+    change) was made on the same data: repaired or replaced data must be evaluated again, not reported from before.
+    `seeds` (`mmbench.seeds.resolve`): the run's; the task runs all of them or, where they cannot move its numbers,
+    the first. `prepare=False` (a dry run) never writes synthetic data: data not generated yet are data that will
+    change."""
+    root, source = _data_root(tcfg, data, data_root, cache, prepare)
+    task_seeds = seeding.task_seeds(tcfg, root, seeds)
+    run_info = seeding.run_info(task_seeds, limit, data, precision)
+    chash = config_hash(mcfg, tcfg, run_info)
+    data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
+    result, reason = _stored(store.result_path(output, mcfg.name, result_name(tcfg)), chash, data_fp)
+    return Standing(run_info, chash, root, source, data_fp, result, reason, task_seeds)
+
+
+def _stored(path: Path, chash: str, data_fp: str | None) -> tuple[TaskResult | None, str]:
+    """(the result at `path` if it stands, else None; "up to date" or why not). A damaged result is reported and
+    treated as absent: the task runs again and overwrites it."""
+    if not path.is_file():
+        return None, "new"
+    try:
+        stored = store.read(path)
+    except DataError as e:
+        log.warning("%s; running the task again", e)
+        return None, "unreadable result"
+    if stored.config_hash != chash:
+        return None, "config changed"
+    if stored.status != "n/a" and (data_fp is None or stored.data_fingerprint != data_fp):
+        return None, "data changed"
+    return stored, "up to date"
 
 
 def _lacks_samples(existing: TaskResult) -> bool:
@@ -333,7 +393,7 @@ def _run_seeds(
         return _run_one(mcfg, tcfg, seed_ctx, info, seed_hash, data_fp, built, samples_to=seed_samples)
 
     def earlier(seed_hash: str) -> TaskResult | None:
-        return _up_to_date(output, mcfg.name, tcfg, seed_hash, data_fp)
+        return _stored(store.result_path(output, mcfg.name, result_name(tcfg)), seed_hash, data_fp)[0]
 
     runner = seeding.SeedRuns(output, mcfg, tcfg, data_fp, rerun, _is_global_zero())
     return runner.run(run_info, chash, run_seed, earlier)
@@ -433,13 +493,16 @@ class _ModelCache:
         return self.model
 
 
-def _data_root(task: TaskConfig, data: str, data_root: str | Path | None, cache: Path) -> tuple[Path, str]:
+def _data_root(
+    task: TaskConfig, data: str, data_root: str | Path | None, cache: Path, prepare: bool = True
+) -> tuple[Path, str]:
     """The dataset folder and its source. A folder written by `mmbench data synth` is labelled synthetic even
-    when passed as real data, so generated numbers can never enter the real leaderboard."""
+    when passed as real data, so generated numbers can never enter the real leaderboard. `prepare=False`: where the
+    synthetic data are or would be, without writing them."""
     from mmbench.data import dataset_root, synthetic
 
     if data == "synthetic":
-        return synthetic.ensure(task, cache), "synthetic"
+        return (synthetic.ensure(task, cache) if prepare else synthetic.cached_root(task, cache)), "synthetic"
     root = dataset_root(task, data_root)
     return root, "synthetic" if synthetic.is_synthetic(root) else "real"
 

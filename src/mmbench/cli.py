@@ -54,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="folder holding one sub-folder per task (default $MMBENCH_DATA)")
     run.add_argument("--limit", type=int, help="evaluate only the first N samples (smoke tests; never in the table)")
     run.add_argument("--batch-size", type=int, help="per-device batch size (default: the task's)")
-    run.add_argument("--devices", type=int, default=1, help="devices (processes) to run on; >1 uses DDP")
+    run.add_argument(
+        "--devices",
+        type=int,
+        help="devices (processes) to run on; >1 uses DDP (default 1; --launcher slurm: the task's resources.gpus)",
+    )
     run.add_argument(
         "--num-nodes", type=int, default=1, help="nodes (machines) of --devices processes each, under torchrun or SLURM"
     )
@@ -109,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--cache-dir", help="features, synthetic data and downloads (default ~/.cache/mmbench)")
     run.add_argument("--debug", action="store_true", help="show full tracebacks")
+    _launch_arguments(run)
 
     lst = sub.add_parser("list", help="list models, tasks or groups")
     lst.add_argument("what", choices=["models", "tasks", "groups"])
@@ -161,6 +166,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# `run` options that make it a plan of jobs (see _launch); the ones after the fourth need --launcher.
+LAUNCH_FLAGS = (
+    *("dry_run", "launcher", "changed_since", "json"),
+    *("no_wait", "array_parallelism", "slurm_partition", "slurm_account"),
+)
+
+
+def _launch_arguments(run: argparse.ArgumentParser) -> None:
+    sweep = run.add_argument_group("plans and launchers (one job per model and task, see README: Scaling out)")
+    sweep.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        help="run each (model, task) as its own job through submitit: local = a subprocess each on this machine, "
+        "slurm = job arrays with the task's resources (default: all in this process)",
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="print the plan (per job: config hash, up to date or why it runs)"
+    )
+    sweep.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    sweep.add_argument(
+        "--changed-since",
+        metavar="GIT_REF",
+        help="also run jobs whose result is up to date but older than a change of mmbench's code since GIT_REF "
+        "that can move its numbers",
+    )
+    sweep.add_argument("--no-wait", action="store_true", help="with --launcher: submit and return")
+    sweep.add_argument(
+        "--array-parallelism", type=int, metavar="N", help="jobs at once (local: default 1; slurm: the array's limit)"
+    )
+    sweep.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition of the jobs")
+    sweep.add_argument("--slurm-account", metavar="NAME", help="SLURM account charged for the jobs")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
@@ -186,17 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(e)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from mmbench.api import evaluate
+def _evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`mmbench.api.evaluate`'s keyword options from `run`'s arguments (`--devices` left None for a launcher)."""
     from mmbench.seeds import parse_seeds
 
-    if not args.task and not args.group:
-        print("mmbench: error: give --task NAME or --group NAME (see `mmbench list tasks`)", file=sys.stderr)
-        return EXIT_CONFIG
-    results = evaluate(
-        args.model,
-        args.task,
-        groups=args.group,
+    return dict(
         data=args.data,
         data_root=args.data_root,
         limit=args.limit,
@@ -219,9 +251,57 @@ def _run(args: argparse.Namespace) -> int:
         logger=args.logger,
         log_dir=args.log_dir,
     )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mmbench.api import evaluate
+
+    if not args.task and not args.group:
+        print("mmbench: error: give --task NAME or --group NAME (see `mmbench list tasks`)", file=sys.stderr)
+        return EXIT_CONFIG
+    if any(getattr(args, flag) not in (None, False) for flag in LAUNCH_FLAGS):
+        return _launch(args)
+    options = _evaluate_options(args)
+    options["devices"] = 1 if args.devices is None else args.devices
+    results = evaluate(args.model, args.task, groups=args.group, **options)
     if _rank() == 0:
         print(summary_table(results))
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """The run as a plan of (model, task) jobs: printed (--dry-run), run through a launcher, or, for
+    --changed-since alone, run here job by job."""
+    from mmbench.launch import format_plan, plan, plan_json, run_in_process
+
+    usage = "--json goes with --dry-run" if args.json and not args.dry_run else None
+    for flag in LAUNCH_FLAGS[4:]:
+        if getattr(args, flag) not in (None, False) and not args.launcher:
+            usage = f"--{flag.replace('_', '-')} goes with --launcher"
+    if usage:
+        print(f"mmbench: error: {usage}", file=sys.stderr)
+        return EXIT_CONFIG
+    options = _evaluate_options(args)
+    jobs = plan(args.model, args.task, groups=args.group, changed_since=args.changed_since, **options)
+    if args.dry_run:
+        print(plan_json(jobs) if args.json else format_plan(jobs))
+        return 0
+    if not args.launcher:
+        results = run_in_process(jobs)
+        print(summary_table(results))
+        return 0
+    from datetime import datetime
+
+    from mmbench.api import default_output
+    from mmbench.launch.executors import LaunchOptions, launch, report
+
+    output = Path(args.output) if args.output else default_output(args.data)
+    folder = output / "launch" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    opts = LaunchOptions(not args.no_wait, args.array_parallelism, args.slurm_partition, args.slurm_account)
+    outcomes = launch(jobs, args.launcher, folder, opts)
+    text, code = report(outcomes, folder)
+    print(text)
+    return code
 
 
 def _rank() -> int:

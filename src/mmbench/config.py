@@ -32,7 +32,8 @@ from mmbench.schema import DOMAINS, PROTOCOLS, RERANK_OFF, FinetuneParams, Model
 
 _HASH_EXCLUDED_MODEL_KEYS = ("description",)
 _SPEC_ONLY_MODEL_KEYS = ("source_id",)  # recorded (and hashed) only when a model spec set them (see models/specs.py)
-_HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels")
+# What a task asks a scheduler for (`resources`) is not what it computes: a longer time limit keeps its results.
+_HASH_EXCLUDED_TASK_KEYS = ("description", "display_name", "score_labels", "resources")
 MODEL_FINETUNE_KEYS = ("frozen",)  # the keys of a preset's free-form `finetune` block (see models.base)
 
 

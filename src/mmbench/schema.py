@@ -320,6 +320,19 @@ class InContextParams:
 
 
 @dataclass
+class Resources:
+    """What one (model, task) job asks a cluster scheduler for (`mmbench run --launcher slurm`, see
+    `mmbench.launch`). Never part of the config hash: where and how long a job runs does not move its numbers.
+    Defaults suit a zero-shot pass; the task bases (`tasks/*/_*.yaml`) and heavy tasks set their own."""
+
+    gpus: int = at_least(1, 0)  # per node; the job runs on this many devices per node unless --devices says
+    nodes: int = at_least(1, 1)
+    cpus: int = at_least(8, 1)  # per node, shared among its GPUs' processes (data loading, decoding)
+    mem_gb: int = at_least(32, 1)  # host memory per node
+    time_minutes: int = at_least(60, 1)  # wall-clock limit of one attempt; a longer run requeues and resumes
+
+
+@dataclass
 class TaskConfig:
     name: str = MISSING
     domain: str = MISSING
@@ -337,6 +350,7 @@ class TaskConfig:
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     incontext: InContextParams = field(default_factory=InContextParams)
     zeroshot: ZeroShotParams = field(default_factory=ZeroShotParams)
+    resources: Resources = field(default_factory=Resources)  # for launchers; not in the config hash
 
 
 def result_name(task: TaskConfig) -> str:

@@ -173,14 +173,19 @@ def is_synthetic(root: Path) -> bool:
     return (Path(root) / MARKER).is_file()
 
 
-def ensure(task: TaskConfig, cache_dir: Path, fmt: str | None = None) -> Path:
-    """The cached synthetic dataset for `task`, written on first use (what `run --data synthetic` reads)."""
+def cached_root(task: TaskConfig, cache_dir: Path, fmt: str | None = None) -> Path:
+    """Where `ensure` keeps the synthetic dataset for `task`, whether or not it is written yet (a dry run asks)."""
     opts = synth_options(task, fmt)
     # Every writer option is part of the folder name: editing a task's `data.synthetic` block (sizes, label kind)
     # must regenerate the data, not silently reuse the old folder.
     digest = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     key = f"{opts['format']}-v{SYNTH_VERSION}-n{opts['n']}-s{opts['seed']}-{digest}"
-    root = Path(cache_dir) / "synthetic" / task.name / key
+    return Path(cache_dir) / "synthetic" / task.name / key
+
+
+def ensure(task: TaskConfig, cache_dir: Path, fmt: str | None = None) -> Path:
+    """The cached synthetic dataset for `task`, written on first use (what `run --data synthetic` reads)."""
+    root = cached_root(task, cache_dir, fmt)
     if (root / MARKER).is_file():
         paths.remove_stale_temps(root)  # leftovers of a writer killed while another one finished
     else:
