@@ -63,7 +63,8 @@ def test_the_frame_holds_every_score_of_every_result_file():
             prov["precision"],
         )
         assert row.peak_rss_mb == prov["peak_rss_mb"] and math.isnan(row.peak_gpu_mb)  # CPU runs: no device memory
-        assert row.seed == prov["seed"] and row.mmbench == prov["mmbench"] and row.n_devices == 1
+        seed = None if prov["seed"] is None else row.seed  # a several-seed result records its seeds instead
+        assert seed == prov["seed"] and row.mmbench == prov["mmbench"] and row.n_devices == 1
         if key is None:
             assert row.status == "n/a" and math.isnan(row.value) and not isinstance(row.score, str)  # NaN
         else:
@@ -71,6 +72,9 @@ def test_the_frame_holds_every_score_of_every_result_file():
         trials = d["details"].get("trials") if d["protocol"] == "incontext" else None
         if trials and len(trials) > 1:  # in-context trials are seeds too
             assert row.n_seeds == len(trials) and row.std == d["details"]["std"][key]
+        elif d.get("seed_runs"):  # --seeds (schema 3)
+            assert row.n_seeds == len(d["seed_runs"]) and row.std == d["scores_std"][key]
+            assert row.seeds == ",".join(str(r["seed"]) for r in d["seed_runs"])
         else:
             assert row.n_seeds == 1 and math.isnan(row.std)
         assert not row.reference  # synthetic data, random weights
@@ -160,8 +164,15 @@ def test_a_result_over_seeds_prints_mean_and_std_and_the_averages_use_the_mean(t
 def test_results_without_seeds_render_as_before(tmp_path):
     """The seed line and ± appear only with seeds: the committed leaderboard's tables are byte-identical (its
     whole-file check is tests/test_table.py::test_committed_leaderboard_is_a_fresh_render)."""
-    board = render(SYNTHETIC, REPORTED)
-    assert "±" not in board.markdown.split("## In-context")[0] and "mean of 1 seeds" not in board.csv
+    single = tmp_path / "synthetic"
+    for path in (SYNTHETIC / "runs").glob("*/*.json"):  # the committed results, less the several-seed ones
+        if not json.loads(path.read_text()).get("seed_runs"):
+            (single / "runs" / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, single / "runs" / path.parent.name / path.name)
+    board = render(single, REPORTED)
+    assert "±" not in board.markdown.split("## In-context")[0] and "seeds" not in board.csv
+    seeded = render(SYNTHETIC, REPORTED)
+    assert "±" in seeded.markdown and "mean of 3 seeds" in seeded.csv
 
 
 # --- the cost table -------------------------------------------------------------------------------------------------

@@ -136,13 +136,18 @@ def test_a_single_seed_keeps_the_committed_config_hash(registry):
     """The committed results were written before `--seeds` existed: recomputed, their hashes are the same, so
     they stay up to date; `--seeds 0` alone is the same single-seed run, several seeds are another identity."""
     runs = ROOT / "results" / "synthetic" / "runs"
-    for model, task in (("clip-tiny", "rte"), ("flava-tiny", "cifar10"), ("clip-tiny", "flickr30k")):
+    for model, task in (("clip-tiny", "sst2"), ("flava-tiny", "cifar10"), ("clip-tiny", "flickr30k")):
         committed = read(runs / model / f"{task}.json")
         info = seeding.run_info(seeding.resolve(None, [0]), None, "synthetic", None)
         assert info == committed.config["run"] and list(info) == list(committed.config["run"])
         mcfg, tcfg = registry.model(model), registry.task(task)
         assert config_hash(mcfg, tcfg, info) == committed.config_hash
         assert config_hash(mcfg, tcfg, seeding.run_info([0, 1, 2], None, "synthetic", None)) != committed.config_hash
+    # ... and the committed 3-seed RTE result (`make synthetic-results`) is the several-seed identity
+    three = read(runs / "clip-tiny" / "rte.json")
+    info = seeding.run_info([0, 1, 2], None, "synthetic", None)
+    assert three.config["run"] == info and len(three.seed_runs) == 3
+    assert config_hash(registry.model("clip-tiny"), registry.task("rte"), info) == three.config_hash
 
 
 def test_seeds_apply_where_the_protocol_draws_random_numbers(registry, tmp_path):
