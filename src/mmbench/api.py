@@ -16,26 +16,23 @@ import hashlib
 import logging
 import math
 import os
-import platform
-import resource
-import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mmbench import __version__, paths
+from mmbench import paths
 from mmbench import seeds as seeding
-from mmbench.config import Registry, config_hash, parse_overrides, resolved_model_dict, resolved_task_dict
+from mmbench.config import Registry, parse_overrides, resolved_model_dict, resolved_task_dict
 from mmbench.errors import CapabilityError, ConfigError, DataError
 from mmbench.lit.loggers import LoggerOptions, check_logger
 from mmbench.lit.trainer import TrainerOptions, check_strategy
 from mmbench.protocols import LOGS_SAMPLES, RunContext, get_protocol
+from mmbench.provenance import provenance
 from mmbench.results import samples, store
 from mmbench.results.schema import TaskResult, scores_from_metrics
 from mmbench.schema import ModelConfig, TaskConfig, result_name
+from mmbench.standing import standing, stored_result
 
 log = logging.getLogger("mmbench")
 DATA_MODES = ("real", "synthetic")
@@ -96,7 +93,7 @@ def evaluate(
     models = [model] if isinstance(model, str) else list(model)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     groups = [groups] if isinstance(groups, str) else list(groups)
-    _check_options(data, limit, batch_size, devices, num_workers)
+    check_options(data, limit, batch_size, devices, num_workers)
     seed_list = seeding.resolve(seed, seeds)
     if logger is not None:
         check_logger(logger)
@@ -106,7 +103,7 @@ def evaluate(
         model_cfgs, task_cfgs = resolve_configs(models, tasks, groups, overrides, registry)
     output = Path(output) if output is not None else default_output(data)
     log_root = Path(log_dir) if log_dir is not None else output / "logs"
-    _check_synthetic_options(task_cfgs, data)
+    check_synthetic_options(task_cfgs, data)
     # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
     with paths.cache_override(cache_dir):
         cache = paths.cache_dir()
@@ -196,7 +193,7 @@ def evaluate(
         return results
 
 
-def _check_options(data: str, limit: int | None, batch_size: int | None, devices: int, num_workers: int | None) -> None:
+def check_options(data: str, limit: int | None, batch_size: int | None, devices: int, num_workers: int | None) -> None:
     if data not in DATA_MODES:
         raise ConfigError(f"--data {data!r}: expected one of {', '.join(DATA_MODES)}")
     for flag, value in (("--limit", limit), ("--batch-size", batch_size), ("--devices", devices)):
@@ -212,7 +209,7 @@ def _check_scale(num_nodes: int, strategy: str) -> None:
     check_strategy(strategy)
 
 
-def _check_synthetic_options(tasks: list[TaskConfig], data: str) -> None:
+def check_synthetic_options(tasks: list[TaskConfig], data: str) -> None:
     """A typo in a synthetic writer's options fails before any task runs, not when its task's turn comes."""
     if data == "synthetic":
         from mmbench.data import synthetic
@@ -232,142 +229,10 @@ def resolve_configs(
     return [registry.model(m, ov["model"]) for m in models], [registry.task(t, ov["task"]) for t in task_names]
 
 
-@dataclass(frozen=True)
-class Standing:
-    """Where one (model, task) stands before it runs: its identity (config hash, data) and the stored result if it
-    still stands (`result`), else why it must run (`reason`: new, config changed, data changed, unreadable result).
-    `evaluate` skips on it and `mmbench.launch` plans with it: one decision, made in one place."""
-
-    run_info: dict[str, Any]
-    config_hash: str
-    data_root: Path
-    data_source: str
-    data_fingerprint: str | None  # None: the data cannot be opened (or, planning, are not generated yet)
-    result: TaskResult | None
-    reason: str  # "up to date" when `result` is set
-    seeds: list[int]  # the seeds this task runs (several only where a seed moves its numbers)
-
-    @property
-    def up_to_date(self) -> bool:
-        return self.result is not None
-
-
-def standing(
-    mcfg: ModelConfig,
-    tcfg: TaskConfig,
-    output: Path,
-    data: str,
-    data_root: str | Path | None,
-    cache: Path,
-    *,
-    seeds: list[int],
-    limit: int | None,
-    precision: str | None,
-    prepare: bool = True,
-) -> Standing:
-    """The stored result stands when it is valid, has the same config hash, and (unless n/a, which no data can
-    change) was made on the same data: repaired or replaced data must be evaluated again, not reported from before.
-    `seeds` (`mmbench.seeds.resolve`): the run's; the task runs all of them or, where they cannot move its numbers,
-    the first. `prepare=False` (a dry run) never writes synthetic data: data not generated yet are data that will
-    change."""
-    root, source = _data_root(tcfg, data, data_root, cache, prepare)
-    task_seeds = seeding.task_seeds(tcfg, root, seeds)
-    run_info = seeding.run_info(task_seeds, limit, data, precision)
-    chash = config_hash(mcfg, tcfg, run_info)
-    data_fp = _data_fingerprint(tcfg, root, source == "synthetic")
-    result, reason = _stored(store.result_path(output, mcfg.name, result_name(tcfg)), chash, data_fp)
-    return Standing(run_info, chash, root, source, data_fp, result, reason, task_seeds)
-
-
-def _stored(path: Path, chash: str, data_fp: str | None) -> tuple[TaskResult | None, str]:
-    """(the result at `path` if it stands, else None; "up to date" or why not). A damaged result is reported and
-    treated as absent: the task runs again and overwrites it."""
-    if not path.is_file():
-        return None, "new"
-    try:
-        stored = store.read(path)
-    except DataError as e:
-        log.warning("%s; running the task again", e)
-        return None, "unreadable result"
-    if stored.config_hash != chash:
-        return None, "config changed"
-    if stored.status != "n/a" and (data_fp is None or stored.data_fingerprint != data_fp):
-        return None, "data changed"
-    return stored, "up to date"
-
-
 def _lacks_samples(existing: TaskResult) -> bool:
     """Would `--log-samples` have something to add to this up-to-date result? Running again is the only way to get
     its predictions (a fine-tuning run folder is only re-evaluated, the probe's features come from the cache)."""
     return existing.status == "ok"
-
-
-def _splits_read(task: TaskConfig, synthetic: bool) -> list[str]:
-    """Every split the task's protocol reads: what its result depends on."""
-    if task.protocol == "linear_probe":
-        from mmbench.protocols.linear_probe import VAL_SPELLINGS
-
-        lp = task.linear_probe
-        # The probe validates on whichever spelling of its split the data hold (absent ones are skipped below).
-        vals = [lp.val_split, *VAL_SPELLINGS] if lp.val_split in VAL_SPELLINGS else [lp.val_split]
-        return list(dict.fromkeys([lp.train_split, *(v for v in vals if v), task.data.split]))
-    if task.protocol == "finetune":
-        from mmbench.protocols.finetune import effective_params
-
-        ft = effective_params(task, synthetic)
-        evals = [ft.train_split, ft.val_split or task.data.split, task.data.split, *ft.eval_splits.values()]
-        return list(dict.fromkeys([*evals, *ft.predict_splits]))
-    if task.protocol == "incontext":  # demonstrations come from the training split
-        return list(dict.fromkeys([task.incontext.train_split, task.data.split]))
-    return [task.data.split]
-
-
-def _data_fingerprint(task: TaskConfig, root: Path, synthetic: bool = False) -> str | None:
-    """A cheap identity of the data a task reads under `root`: its reader's `fingerprint(split)` (file names,
-    sizes, modification times; no content is read) for every split the task reads; for a reader without one, the
-    same over every file under `root`. None when the data cannot be opened (the protocol reports what is wrong)."""
-    from mmbench.data import reader_class
-
-    try:
-        for fmt in [task.data.format, *task.data.alt_formats]:
-            cls = reader_class(fmt)
-            if cls.detect(root, task):
-                break
-        else:
-            return None
-        parts = _split_fingerprints(cls(root, task), _splits_read(task, synthetic))
-        if parts is None:  # a reader without its own fingerprint (yet)
-            parts = [f"{fmt}/files={_tree_fingerprint(root)}"]
-    except (DataError, OSError):
-        return None
-    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _split_fingerprints(reader: Any, splits: list[str]) -> list[str] | None:
-    fingerprint = getattr(reader, "fingerprint", None)
-    if fingerprint is None:
-        return None
-    try:
-        return [f"{reader.format}/{split}={fingerprint(split)}" for split in splits if _has_split(reader, split)]
-    except NotImplementedError:
-        return None
-
-
-def _has_split(reader: Any, split: str) -> bool:
-    """False only when the reader knows the split is absent (e.g. a validation split the published files lack, for
-    which the probe holds out part of train): absence is part of the fingerprint by omission."""
-    try:
-        return reader.has_split(split)
-    except NotImplementedError:
-        return True
-
-
-def _tree_fingerprint(root: Path) -> str:
-    """(relative path, size, mtime) of every file under `root`, as the readers' fingerprints do per split."""
-    from mmbench.data.classification import files_fingerprint
-
-    files = sorted(Path(d) / f for d, _, names in os.walk(root) for f in names)
-    return files_fingerprint(files, Path(root))
 
 
 def _run_seeds(
@@ -393,7 +258,7 @@ def _run_seeds(
         return _run_one(mcfg, tcfg, seed_ctx, info, seed_hash, data_fp, built, samples_to=seed_samples)
 
     def earlier(seed_hash: str) -> TaskResult | None:
-        return _stored(store.result_path(output, mcfg.name, result_name(tcfg)), seed_hash, data_fp)[0]
+        return stored_result(store.result_path(output, mcfg.name, result_name(tcfg)), seed_hash, data_fp)[0]
 
     runner = seeding.SeedRuns(output, mcfg, tcfg, data_fp, rerun, _is_global_zero())
     return runner.run(run_info, chash, run_seed, earlier)
@@ -441,7 +306,7 @@ def _run_one(
         out = get_protocol(tcfg.protocol)(tcfg, ctx)
     except CapabilityError as e:
         log.warning("%s x %s: n/a (%s)", mcfg.name, tcfg.name, e)
-        prov = _provenance(ctx, time.perf_counter() - start, built)
+        prov = provenance(ctx, time.perf_counter() - start, built.build_seconds)
         # An in-context n/a still says for how many shots, as its file name does.
         details = {}
         if tcfg.protocol == "incontext":
@@ -469,7 +334,7 @@ def _run_one(
         scores=scores_from_metrics(out.metrics, tcfg.scores),
         n_samples=out.n_samples,
         details=out.details,
-        provenance=_provenance(ctx, time.perf_counter() - start, built),
+        provenance=provenance(ctx, time.perf_counter() - start, built.build_seconds),
         **common,
     )
     return result, out.is_global_zero
@@ -493,20 +358,6 @@ class _ModelCache:
         return self.model
 
 
-def _data_root(
-    task: TaskConfig, data: str, data_root: str | Path | None, cache: Path, prepare: bool = True
-) -> tuple[Path, str]:
-    """The dataset folder and its source. A folder written by `mmbench data synth` is labelled synthetic even
-    when passed as real data, so generated numbers can never enter the real leaderboard. `prepare=False`: where the
-    synthetic data are or would be, without writing them."""
-    from mmbench.data import dataset_root, synthetic
-
-    if data == "synthetic":
-        return (synthetic.ensure(task, cache) if prepare else synthetic.cached_root(task, cache)), "synthetic"
-    root = dataset_root(task, data_root)
-    return root, "synthetic" if synthetic.is_synthetic(root) else "real"
-
-
 def _default_workers(devices: int) -> int:
     return max(0, min(4, (os.cpu_count() or 1) // max(1, devices) - 1))
 
@@ -515,55 +366,3 @@ def _is_global_zero() -> bool:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _provenance(ctx: RunContext, wall: float, built: _ModelCache) -> dict[str, Any]:
-    import lightning
-    import torch
-    import transformers
-
-    from mmbench.models.specs import model_library
-
-    opts = ctx.trainer
-    cuda = torch.cuda.is_available() and opts.accelerator in ("auto", "gpu", "cuda")
-    device = f"{torch.cuda.get_device_name(0)} x{opts.devices}" if cuda else f"cpu x{opts.devices}"
-    device += f", {opts.num_nodes} nodes" if opts.num_nodes > 1 else ""
-    return {
-        "mmbench": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "lightning": lightning.__version__,
-        "model_library": model_library(ctx.model_cfg),  # a spec's or plug-in's library and version
-        "python": platform.python_version(),
-        "git_commit": _git_commit(),
-        "seed": ctx.seed,
-        "device": device,
-        "strategy": opts.strategy,
-        "precision": ctx.trainer.precision or "32-true",
-        "wall_seconds": round(wall, 3),
-        "model_build_seconds": round(built.build_seconds, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _git_commit() -> str | None:
-    """The commit of the mmbench checkout that ran (with `+dirty` when it had uncommitted changes)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            # --no-optional-locks: `git status` would otherwise take .git/index.lock to refresh the index, and a
-            # run killed at that moment (kill -9, a timeout) leaves the lock behind and the user's repository stuck.
-            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+dirty" if dirty else "")

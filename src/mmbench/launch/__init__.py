@@ -1,7 +1,7 @@
 """Sweeps over (model, task) jobs: a run plan (`plan`), printed by `mmbench run --dry-run`, and its execution
 through a cluster scheduler's engine, submitit (`launch`: `--launcher local|slurm`).
 
-Layering: `cli -> launch -> api -> protocols -> ...`. The plan asks `mmbench.api.standing`, the decision `evaluate`
+Layering: `cli -> launch -> api -> protocols -> ...`. The plan asks `mmbench.standing.standing`, the decision `evaluate`
 skips on; every job is one `mmbench.api.evaluate` call; nothing here runs a task another way, and nothing below
 imports this package. One task across many GPUs and nodes is Lightning's business (`--devices`, `--num-nodes`).
 """

@@ -1,6 +1,6 @@
 """The run plan: one `Job` per (model, task), each knowing whether its stored result still stands.
 
-The decision is `mmbench.api.standing`, the one `evaluate` skips on (same config hash, same data fingerprint), so a
+The decision is `mmbench.standing.standing`, the one `evaluate` skips on (same config hash, same data fingerprint), so a
 plan never disagrees with what a run would do. A dry run (`mmbench run --dry-run`) prints the plan and builds
 nothing: no model, no synthetic data. With `changed_since`, a result that stands on its config and data is still
 re-run when mmbench's code that can move its numbers changed since that git ref (`CodeChanges`).
@@ -21,6 +21,7 @@ from mmbench.config import Registry, to_dict
 from mmbench.errors import ConfigError
 from mmbench.results import store
 from mmbench.schema import PROTOCOLS, ModelConfig, Resources, TaskConfig, result_name
+from mmbench.standing import Standing, standing
 
 TO_RUN, UP_TO_DATE = "to run", "up to date"
 # Code under src/mmbench/ that never moves a number: argument parsing, errors, paths, launching, result files and
@@ -106,7 +107,7 @@ def plan(
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     groups = [groups] if isinstance(groups, str) else list(groups)
     # evaluate's own checks, so that a bad option fails here and not once per submitted job
-    api._check_options(
+    api.check_options(
         opts["data"],
         opts["limit"],
         opts["batch_size"],
@@ -114,7 +115,7 @@ def plan(
         opts["num_workers"],
     )
     model_cfgs, task_cfgs = api.resolve_configs(models, tasks, groups, opts["overrides"], registry or Registry())
-    api._check_synthetic_options(task_cfgs, opts["data"])
+    api.check_synthetic_options(task_cfgs, opts["data"])
     output = Path(opts["output"]) if opts["output"] is not None else api.default_output(opts["data"])
     code = CodeChanges(changed_since, code_dir) if changed_since else None
     with paths.cache_override(opts["cache_dir"]):
@@ -122,7 +123,7 @@ def plan(
         jobs = []
         for mcfg in model_cfgs:
             for tcfg in task_cfgs:
-                state = api.standing(
+                state = standing(
                     mcfg,
                     tcfg,
                     output,
@@ -139,7 +140,7 @@ def plan(
 
 
 def _job(
-    mcfg: ModelConfig, tcfg: TaskConfig, state: api.Standing, output: Path, opts: dict, code: CodeChanges | None
+    mcfg: ModelConfig, tcfg: TaskConfig, state: Standing, output: Path, opts: dict, code: CodeChanges | None
 ) -> Job:
     job = Job(
         model=mcfg.name,

@@ -4,7 +4,7 @@
 `scores` hold the numbers that enter the domain averages, on the 0-100 scale (100 x metric), as the paper reports.
 A task the model cannot do is written with `status: "n/a"`, a `reason`, and no scores (it counts 0 in averages).
 `data_fingerprint` identifies the data the result was computed on (file names, sizes and modification times of the
-splits read, see `mmbench.api`): a result is up to date only for the same config hash and the same fingerprint.
+splits read, see `mmbench.standing`): a result is up to date only for the same config hash and the same fingerprint.
 
 Reading validates every field's type (a hand-edited or truncated-then-repaired file must not pass for a result),
 so a stale or damaged result is re-run by `mmbench run` and named by `mmbench table`.
