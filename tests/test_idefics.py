@@ -284,12 +284,12 @@ def test_a_saved_checkpoint_loads_through_a_preset_and_gives_the_same_outputs(
     _, _, images = batch
     tiny.model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)  # the tokenizer, and transformers 5's processor_config.json
-    # idefics-9b's layout: transformers 5 nests the image processor in processor_config.json, which mmbench does
-    # not read (models/preprocess.py reads preprocessor_config.json, as the hub repo has it).
-    processor.image_processor.save_pretrained(tmp_path)
+    # transformers 5 nests the image processor in processor_config.json (idefics-9b's hub repo has the older
+    # preprocessor_config.json); models/preprocess.py reads either, the nested one first as transformers does.
+    assert not (tmp_path / PROCESSOR_FILE).exists()
     items = [f"model.checkpoint={tmp_path}", "model.random_init=false", "model.tokenizer=null"]
     loaded = build_model(registry.model("idefics-tiny", parse_overrides(items)["model"]))
-    assert loaded.preprocess_source == str(tmp_path / PROCESSOR_FILE)
+    assert loaded.preprocess_source == str(tmp_path / "processor_config.json")
     assert loaded.preprocess == tiny.preprocess
     assert (
         type(loaded.tokenizer).__name__ == "LlamaTokenizer"

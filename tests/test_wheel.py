@@ -80,11 +80,18 @@ def test_installed_wheel_imports_from_the_target_and_ships_the_registry(installe
     assert Path(root) == installed / "mmbench" / "registry" and packaged == "True"
 
 
+def _presets(listing: str) -> list[str]:
+    """The preset lines of `mmbench list models`: up to the blank line before its "Any model by id" part."""
+    lines = listing.splitlines()
+    assert "" in lines and lines[lines.index("") + 1].startswith("Any model by id"), listing
+    return lines[: lines.index("")]
+
+
 def test_installed_mmbench_lists_every_preset_and_task_from_outside_the_checkout(installed, tmp_path):
     cwd = _outside(tmp_path)
     models = _mmbench(installed, "list", "models", cwd=cwd)
     assert models.returncode == 0, models.stderr
-    listed = sorted(line.split()[0] for line in models.stdout.splitlines())
+    listed = sorted(line.split()[0] for line in _presets(models.stdout))
     assert listed == sorted(p.stem for p in (REPO / "models").glob("*.yaml"))
     tasks = _mmbench(installed, "list", "tasks", cwd=cwd)
     assert tasks.returncode == 0, tasks.stderr
@@ -119,7 +126,7 @@ def test_mmbench_registry_adds_a_users_preset_to_the_installed_ones(installed, t
     cwd = _outside(tmp_path)
     listed = _mmbench(installed, "list", "models", cwd=cwd, MMBENCH_REGISTRY=str(user))
     assert listed.returncode == 0, listed.stderr
-    names = {line.split()[0] for line in listed.stdout.splitlines()}
+    names = {line.split()[0] for line in _presets(listed.stdout)}
     assert names == {"my-clip", *(p.stem for p in (REPO / "models").glob("*.yaml"))}
     typo = _mmbench(installed, "list", "models", cwd=cwd, MMBENCH_REGISTRY=str(tmp_path / "mnie"))
     assert typo.returncode == 2 and f"MMBENCH_REGISTRY: {tmp_path / 'mnie'} is not a folder" in typo.stderr
