@@ -85,26 +85,33 @@ class Leaderboard:
 PLOTS_DIR = "plots"  # beside the markdown; its links are relative to it
 
 
+def _beside(out_md: Path, part: str) -> Path:
+    """A file that goes with the leaderboard `out_md`: LEADERBOARD-<part>."""
+    return Path(out_md).with_name(f"{Path(out_md).stem}-{part}")
+
+
 def cost_path(out_md: Path) -> Path:
-    """Where the cost table goes beside `out_md`: LEADERBOARD-cost.md."""
-    return Path(out_md).with_name(f"{Path(out_md).stem}-cost.md")
+    return _beside(out_md, "cost.md")
 
 
 def incontext_csv_path(out_md: Path) -> Path:
-    """Where the in-context section's CSV goes beside `out_md`: LEADERBOARD-incontext.csv."""
-    return Path(out_md).with_name(f"{Path(out_md).stem}-incontext.csv")
+    return _beside(out_md, "incontext.csv")
 
 
 def zeroshot_csv_path(out_md: Path) -> Path:
-    """Where the zero-shot section's CSV goes beside `out_md`: LEADERBOARD-zeroshot.csv."""
-    return Path(out_md).with_name(f"{Path(out_md).stem}-zeroshot.csv")
+    return _beside(out_md, "zeroshot.csv")
 
 
-def _section_csvs(leaderboard: Leaderboard, out_md: Path) -> list[tuple[Path, str, str]]:
-    """(path, content or "", what its results are called) of each section's CSV beside `out_md`."""
+def _text_files(leaderboard: Leaderboard, out_md: Path) -> list[tuple[Path, str, str | None]]:
+    """(path, fresh content, what its results are called) of every text file a render writes beside `out_md`;
+    a section's CSV (named) exists only while its section has results, the others always."""
+    out_md = Path(out_md)
     return [
+        (out_md, leaderboard.markdown, None),
+        (out_md.with_suffix(".csv"), leaderboard.csv, None),
         (zeroshot_csv_path(out_md), leaderboard.zeroshot_csv, "zero-shot"),
         (incontext_csv_path(out_md), leaderboard.incontext_csv, "in-context"),
+        *([(cost_path(out_md), leaderboard.cost, None)] if leaderboard.cost else []),
     ]
 
 
@@ -250,50 +257,31 @@ _SEEDS_LINE = [
 
 
 def write(leaderboard: Leaderboard, out_md: Path) -> None:
-    """Write `out_md` and the CSV beside it (same stem), each via a temporary file and `os.replace`; the
-    zero-shot and in-context CSVs too when there is such a section, and otherwise remove one left by an earlier
-    render (it would describe results that are gone)."""
-    out_md = Path(out_md)
-    atomic_write_text(out_md, leaderboard.markdown)
-    atomic_write_text(out_md.with_suffix(".csv"), leaderboard.csv)
-    for path, content, _ in _section_csvs(leaderboard, out_md):
-        if content:
+    """Write `out_md`, the CSV beside it (same stem) and the cost table, each via a temporary file and
+    `os.replace`; the zero-shot and in-context CSVs too when there is such a section, and otherwise remove one left
+    by an earlier render (it would describe results that are gone); then the pictures."""
+    for path, content, section in _text_files(leaderboard, out_md):
+        if content or section is None:
             atomic_write_text(path, content)
         else:
             path.unlink(missing_ok=True)
-    if leaderboard.cost:
-        atomic_write_text(cost_path(out_md), leaderboard.cost)
     if leaderboard.pictures:
-        plot.draw(list(leaderboard.pictures), out_md.parent / PLOTS_DIR)
+        plot.draw(list(leaderboard.pictures), Path(out_md).parent / PLOTS_DIR)
 
 
 def check(leaderboard: Leaderboard, out_md: Path) -> list[str]:
     """Human-readable differences between the committed files and a fresh render; [] when they are equal."""
-    out_md = Path(out_md)
     problems: list[str] = []
-    for path, fresh in ((out_md, leaderboard.markdown), (out_md.with_suffix(".csv"), leaderboard.csv)):
-        if not path.is_file():
+    for path, fresh, section in _text_files(leaderboard, out_md):
+        if not (fresh or section is None):
+            if path.is_file():
+                problems.append(f"{path}: a fresh render has no {section} results; run `mmbench table` to remove it")
+        elif not path.is_file():
             problems.append(f"{path}: missing; run `mmbench table` to create it")
-            continue
-        committed = path.read_text()
-        if committed != fresh:
-            problems += line_differences(path, committed.splitlines(), fresh.splitlines())
-    for path, fresh, kind in _section_csvs(leaderboard, out_md):
-        if fresh:
-            if not path.is_file():
-                problems.append(f"{path}: missing; run `mmbench table` to create it")
-            elif path.read_text() != fresh:
-                problems += line_differences(path, path.read_text().splitlines(), fresh.splitlines())
-        elif path.is_file():
-            problems.append(f"{path}: a fresh render has no {kind} results; run `mmbench table` to remove it")
-    if leaderboard.cost:
-        path = cost_path(out_md)
-        if not path.is_file():
-            problems.append(f"{path}: missing; run `mmbench table` to create it")
-        elif path.read_text() != leaderboard.cost:
-            problems += line_differences(path, path.read_text().splitlines(), leaderboard.cost.splitlines())
+        elif path.read_text() != fresh:
+            problems += line_differences(path, path.read_text().splitlines(), fresh.splitlines())
     if leaderboard.pictures:
-        problems += plot.check(list(leaderboard.pictures), out_md.parent / PLOTS_DIR)
+        problems += plot.check(list(leaderboard.pictures), Path(out_md).parent / PLOTS_DIR)
     return problems
 
 
