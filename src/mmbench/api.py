@@ -99,13 +99,13 @@ def evaluate(
         check_logger(logger)
     _check_scale(num_nodes, strategy)
     registry = registry or Registry()
-    with paths.cache_override(cache_dir):  # a spec's local weights are digested once, memoised in the cache
-        model_cfgs, task_cfgs = resolve_configs(models, tasks, groups, overrides, registry)
     output = Path(output) if output is not None else default_output(data)
     log_root = Path(log_dir) if log_dir is not None else output / "logs"
-    check_synthetic_options(task_cfgs, data)
     # --cache-dir reaches every part (checkpoint downloads included) through the environment, for this call only.
     with paths.cache_override(cache_dir):
+        # every name validated before any work; a spec's local weights are digested once, memoised in the cache
+        model_cfgs, task_cfgs = resolve_configs(models, tasks, groups, overrides, registry)
+        check_synthetic_options(task_cfgs, data)
         cache = paths.cache_dir()
 
         results = []
@@ -127,7 +127,9 @@ def evaluate(
                     [sample_file] if len(task_seeds) == 1 else [samples.per_seed(sample_file, s) for s in task_seeds]
                 )
                 lacking = log_samples and tcfg.protocol in LOGS_SAMPLES and any(not f.is_file() for f in sample_files)
-                if existing is not None and lacking and _lacks_samples(existing):
+                # Running again is the only way to get an up-to-date result's predictions (a fine-tuning run folder
+                # is only re-evaluated, the probe's features come from the cache); an n/a result has none.
+                if existing is not None and lacking and existing.status == "ok":
                     log.info("%s x %s: up to date, but no %s: running again to log them", mcfg.name, tcfg.name,
                              sample_file)  # fmt: skip
                     existing = None
@@ -227,12 +229,6 @@ def resolve_configs(
     if not task_names:
         raise ConfigError("no task given: use --task NAME or --group NAME (see `mmbench list tasks`)")
     return [registry.model(m, ov["model"]) for m in models], [registry.task(t, ov["task"]) for t in task_names]
-
-
-def _lacks_samples(existing: TaskResult) -> bool:
-    """Would `--log-samples` have something to add to this up-to-date result? Running again is the only way to get
-    its predictions (a fine-tuning run folder is only re-evaluated, the probe's features come from the cache)."""
-    return existing.status == "ok"
 
 
 def _run_seeds(

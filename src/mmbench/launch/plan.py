@@ -114,11 +114,11 @@ def plan(
         1 if opts["devices"] is None else opts["devices"],
         opts["num_workers"],
     )
-    model_cfgs, task_cfgs = api.resolve_configs(models, tasks, groups, opts["overrides"], registry or Registry())
-    api.check_synthetic_options(task_cfgs, opts["data"])
     output = Path(opts["output"]) if opts["output"] is not None else api.default_output(opts["data"])
     code = CodeChanges(changed_since, code_dir) if changed_since else None
-    with paths.cache_override(opts["cache_dir"]):
+    with paths.cache_override(opts["cache_dir"]):  # as in evaluate: specs memoise their weights' digests there
+        model_cfgs, task_cfgs = api.resolve_configs(models, tasks, groups, opts["overrides"], registry or Registry())
+        api.check_synthetic_options(task_cfgs, opts["data"])
         cache = paths.cache_dir()
         jobs = []
         for mcfg in model_cfgs:
